@@ -1,0 +1,1 @@
+"""The gRPC API: server wiring, servicers (thin: proto in, one domain call, proto out), conversions."""

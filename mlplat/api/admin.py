@@ -1,0 +1,51 @@
+"""AdminService: read-only SQL over the warehouse, and the daemon's status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from mlplat import __version__
+from mlplat.api.convert import columns_of, rows_of
+from mlplat.api.errors import rpc_errors
+from mlplat.api.v1 import admin_pb2, admin_pb2_grpc
+from mlplat.observability.health import Readiness
+from mlplat.observability.metrics import Metrics
+from mlplat.warehouse import Warehouse
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, warehouse: Warehouse, readiness: Readiness, metrics: Metrics, backends: Mapping[str, str]
+    ) -> None:
+        self._warehouse = warehouse
+        self._readiness = readiness
+        self._metrics = metrics
+        self._backends = dict(backends)
+
+    async def Query(
+        self, request: admin_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[admin_pb2.QueryResponse]:
+        async with rpc_errors(context, "Query", self._metrics):
+            result = await self._warehouse.query(
+                request.sql, max_rows=request.max_rows or None, use_cache=not request.no_cache
+            )
+        yield admin_pb2.QueryResponse(columns=columns_of(result.table.schema))
+        for rows in rows_of(result.table):
+            yield admin_pb2.QueryResponse(rows=rows)
+            await asyncio.sleep(0)  # let other RPCs in between large results
+        yield admin_pb2.QueryResponse(truncated=result.truncated, cached=result.cached)
+
+    async def Status(
+        self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.StatusResponse:
+        async with rpc_errors(context, "Status", self._metrics):
+            checks = [
+                admin_pb2.CheckStatus(name=name, ok=bool(c["ok"]), reason=str(c["reason"]))
+                for name, c in self._readiness.report().items()
+            ]
+        return admin_pb2.StatusResponse(
+            version=__version__, ready=self._readiness.ready, checks=checks, backends=self._backends
+        )

@@ -1,0 +1,81 @@
+"""The gRPC server as a supervised service: health (mirrors readiness) and reflection included."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mlplat.config import ApiSettings
+from mlplat.observability.health import Readiness
+from mlplat.observability.logging import get_logger
+
+log = get_logger("api")
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+class ApiServer:
+    """start() binds (port 0 picks a free one, read back into .port); stop() drains under a grace period."""
+
+    name = "api"
+
+    def __init__(
+        self, settings: ApiSettings, readiness: Readiness, registrars: Sequence[tuple[str, Registrar]]
+    ) -> None:
+        self._settings = settings
+        self._readiness = readiness
+        self._registrars = list(registrars)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = settings.grpc_port
+
+    async def start(self) -> None:
+        limit = self._settings.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        for full_name, register in self._registrars:
+            register(server)
+            names.append(full_name)
+        reflection.enable_server_reflection(names, server)
+        address = f"{self._settings.host}:{self._settings.grpc_port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"api: cannot listen on {address}: {e}") from None
+        if self.port == 0:
+            raise OSError(f"api: cannot listen on {address}: address in use or not available")
+        await server.start()
+        self._server = server
+        self._service_names = [n for n, _ in self._registrars]
+        await self._mirror_readiness()
+        log.info("grpc_listening", address=f"{self._settings.host}:{self.port}")
+
+    async def _mirror_readiness(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._readiness.ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._service_names]:
+            await self._health.set(name, status)
+
+    async def run(self) -> None:
+        changed = self._readiness.changed()
+        while True:
+            await changed.wait()
+            changed.clear()
+            await self._mirror_readiness()
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace=self._settings.grace_s)
+        self._server = None

@@ -1,0 +1,1 @@
+"""Generated from proto/mlplat/v1 by scripts/gen_proto.py: do not edit."""

@@ -1,0 +1,116 @@
+"""Event bus: streaming ingest, predictions, dead letters.
+
+`memory://` (embedded) and `kafka://host:port[,host:port]` (aiokafka) keep the same semantics: topics with
+partitions, key-hashed partitioning, consumer groups that split partitions between members, and manual
+commits (the committed offset is the offset of the *next* message to read).
+tests/integration/contract/test_bus.py runs one suite against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from mlplat.backends.urls import redact_url, scheme_of
+from mlplat.errors import ConfigError
+
+SCHEMES = ("memory", "kafka")
+
+
+@dataclass(frozen=True, order=True)
+class TopicPartition:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@runtime_checkable
+class BusConsumer(Protocol):
+    """One member of a consumer group. Offsets are committed only by `commit`, never automatically.
+
+    A new group starts at the earliest offset (nothing published before the group existed is skipped).
+    """
+
+    async def start(self) -> None: ...
+    async def poll(self, *, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Message]]:
+        """Wait up to timeout_s for messages on the assigned partitions; {} on timeout."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record, for each partition, the offset of the next message to read."""
+        ...
+
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+    def assignment(self) -> set[TopicPartition]: ...
+    async def seek_to_committed(self) -> None:
+        """Rewind every assigned partition to its committed offset (after a failed batch)."""
+        ...
+
+    def pause(self) -> None:
+        """Stop fetching (back-pressure) without leaving the group."""
+        ...
+
+    def resume(self) -> None: ...
+    async def stop(self) -> None:
+        """Leave the group; uncommitted messages will be delivered again to whoever gets the partition."""
+        ...
+
+
+@runtime_checkable
+class EventBus(Protocol):
+    @property
+    def url(self) -> str: ...
+
+    async def connect(self) -> None:
+        """Check the broker answers; raises BackendUnavailable naming the URL."""
+        ...
+
+    async def ping(self) -> None: ...
+    async def create_topic(self, topic: str, *, partitions: int) -> None:
+        """Create the topic if it does not exist (no error if it does)."""
+        ...
+
+    async def partitions_for(self, topic: str) -> int: ...
+    async def publish(
+        self, topic: str, value: bytes, *, key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> tuple[int, int]:
+        """Publish one message, waiting for the broker's ack. Returns (partition, offset)."""
+        ...
+
+    async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Publish (key, value) pairs and wait until all are acknowledged."""
+        ...
+
+    def consumer(self, topics: Sequence[str], *, group: str) -> BusConsumer: ...
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
+    async def aclose(self) -> None: ...
+
+
+def open_bus(url: str) -> EventBus:
+    """Build (not connect) the bus for a URL; the scheme picks the implementation."""
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        from mlplat.backends.bus.memory import MemoryBus
+
+        return MemoryBus()
+    if scheme == "kafka":
+        from mlplat.backends.bus.kafka import KafkaBus
+
+        return KafkaBus(url)
+    raise ConfigError(f"bus.url = {redact_url(url)!r}: unknown scheme {scheme!r} (expected {', '.join(SCHEMES)})")

@@ -1,0 +1,95 @@
+"""Hot store: latest features, production pointers, model metadata, drift results, query cache.
+
+`memory://` (embedded, one process) and `redis://` / `rediss://` (shared by daemons) behave the same;
+tests/integration/contract/test_hot_store.py runs one suite against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+from mlplat.backends.urls import redact_url, scheme_of
+from mlplat.errors import ConfigError
+
+SCHEMES = ("memory", "redis", "rediss")
+
+
+@runtime_checkable
+class HotPipeline(Protocol):
+    """Commands buffered and sent in one round trip by `execute()` (MULTI/EXEC on Redis: all or nothing)."""
+
+    def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> HotPipeline: ...
+    def hset(self, key: str, mapping: Mapping[str, bytes]) -> HotPipeline: ...
+    def expire(self, key: str, ttl_s: float) -> HotPipeline: ...
+    def delete(self, *keys: str) -> HotPipeline: ...
+    def incr(self, key: str) -> HotPipeline: ...
+    async def execute(self) -> None: ...
+
+
+@runtime_checkable
+class HotStore(Protocol):
+    """Key/value with TTL, hashes, counters, pipelines and pub/sub. Values are bytes; keys are str."""
+
+    @property
+    def url(self) -> str:
+        """The URL with credentials redacted."""
+        ...
+
+    async def connect(self) -> None:
+        """Open connections and check the server answers; raises BackendUnavailable naming the URL."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable if the store does not answer now."""
+        ...
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def mget(self, keys: list[str]) -> list[bytes | None]: ...
+    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None: ...
+    async def delete(self, *keys: str) -> int: ...
+    async def exists(self, key: str) -> bool: ...
+    async def ttl(self, key: str) -> float | None:
+        """Seconds left, None if the key has no TTL; raises NotFound if the key does not exist."""
+        ...
+
+    async def expire(self, key: str, ttl_s: float) -> bool: ...
+    async def incr(self, key: str, amount: int = 1) -> int: ...
+    async def hset(self, key: str, mapping: Mapping[str, bytes]) -> None: ...
+    async def hget(self, key: str, field: str) -> bytes | None: ...
+    async def hgetall(self, key: str) -> dict[str, bytes]: ...
+    async def hdel(self, key: str, *fields: str) -> int: ...
+    async def scan_keys(self, prefix: str) -> list[str]:
+        """Every key starting with prefix (SCAN, never KEYS, on Redis)."""
+        ...
+
+    def pipeline(self) -> HotPipeline: ...
+    async def publish(self, channel: str, message: bytes) -> int:
+        """Send to every current subscriber of channel; returns how many received it."""
+        ...
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """`async with store.subscribe(ch) as messages: async for m in messages: ...`
+
+        The subscription is active when the context is entered, so a publish after entering is received.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_hot_store(url: str, *, password: str | None = None) -> HotStore:
+    """Build (not connect) the hot store for a URL; the scheme picks the implementation."""
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        from mlplat.backends.hotstore.memory import MemoryHotStore
+
+        return MemoryHotStore()
+    if scheme in ("redis", "rediss"):
+        from mlplat.backends.hotstore.redis import RedisHotStore
+
+        return RedisHotStore(url, password=password)
+    raise ConfigError(
+        f"hot_store.url = {redact_url(url)!r}: unknown scheme {scheme!r} (expected {', '.join(SCHEMES)})"
+    )

@@ -1,0 +1,18 @@
+"""Benchmarks: each compares mlplat against a floor measured in the same run on the same machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BenchResult:
+    """What `mlplat bench NAME --json` prints: {"name", "params", "metrics"} with numeric metrics."""
+
+    name: str
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params, "metrics": self.metrics}

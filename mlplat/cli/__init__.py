@@ -1,0 +1,123 @@
+"""The `mlplat` command. Every command has --help; data commands have --json; failures exit non-zero with
+one clear line on stderr (exit 2 for invalid configuration or usage)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlplat import __version__
+from mlplat.cli.bench import bench_app
+from mlplat.cli.client import query_command, status_command
+from mlplat.errors import ConfigError, MlplatError
+
+app = typer.Typer(
+    name="mlplat",
+    help="Production ML infrastructure in one daemon: feature store, model registry and serving, drift "
+    "monitoring, ingestion and automation.\n\nStart with `mlplat run`, then try `mlplat query \"SELECT 42\"`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(bench_app, name="bench")
+app.command("query")(query_command)
+app.command("status")(status_command)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (see config/default.toml); MLPLAT_* env vars override it."),
+]
+
+
+def _overrides(grpc_port: int | None, http_port: int | None) -> dict[str, Any]:
+    api: dict[str, Any] = {}
+    if grpc_port is not None:
+        api["grpc_port"] = grpc_port
+    if http_port is not None:
+        api["http_port"] = http_port
+    return {"api": api} if api else {}
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051; 0 picks a free one).")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port for /metrics, /healthz, /readyz (default 9464).")
+    ] = None,
+) -> None:
+    """Run the daemon until SIGTERM or Ctrl-C, then drain and exit.
+
+    With no --config it runs on the embedded backends (memory hot store and bus, files under ./.mlplat):
+    nothing else needs to be installed. config/production.toml shows Redis, Kafka and Azure.
+    """
+    from mlplat.config import load_settings
+    from mlplat.daemon import run_forever
+    from mlplat.observability.logging import configure_logging
+
+    settings = load_settings(config, **_overrides(grpc_port, http_port))
+    configure_logging(settings.logging.level, settings.logging.format)
+    raise typer.Exit(run_forever(settings))
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML-like text.")] = False,
+) -> None:
+    """Print the effective settings (defaults < --config file < MLPLAT_* env), secrets masked."""
+    import json
+
+    from mlplat.backends.urls import redact_url
+    from mlplat.config import load_settings
+
+    settings = load_settings(config)
+    data = settings.model_dump(mode="json")
+    for section in data.values():
+        for key, value in list(section.items()):
+            if key in ("password", "connection_string") and value is not None:
+                section[key] = "***"
+            elif key == "url" and isinstance(value, str):
+                section[key] = redact_url(value)
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for name, section in data.items():
+        typer.echo(f"[{name}]")
+        for key, value in section.items():
+            typer.echo(f"{key} = {json.dumps(value)}")
+        typer.echo("")
+
+
+@app.command()
+def version() -> None:
+    """Print the mlplat version."""
+    typer.echo(__version__)
+
+
+@app.callback()
+def _quiet_logs() -> None:
+    # commands other than `run` log warnings only; `run` reconfigures from its settings
+    from mlplat.observability.logging import configure_logging
+
+    configure_logging("warning")
+
+
+def main() -> None:
+    """Entry point: click handles usage errors (exit 2); known errors become one line on stderr."""
+    try:
+        app()
+    except ConfigError as e:
+        print(f"mlplat: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (MlplatError, OSError) as e:
+        print(f"mlplat: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

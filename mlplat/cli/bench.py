@@ -1,0 +1,48 @@
+"""`mlplat bench NAME`: speed next to a floor measured in the same run. --json prints one JSON object."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from mlplat.bench import BenchResult
+
+bench_app = typer.Typer(
+    help="Benchmarks that compare mlplat with a floor measured in the same run (ratio = ours / floor).",
+    no_args_is_help=True,
+)
+JsonOption = Annotated[bool, typer.Option("--json", help='Print {"name", "params", "metrics"} as JSON.')]
+
+
+def _report(result: BenchResult, json_out: bool) -> None:
+    if json_out:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    typer.echo(f"bench {result.name} {json.dumps(result.params)}")
+    for key, value in result.metrics.items():
+        typer.echo(f"  {key:<24} {value:,}")
+
+
+def _progress(json_out: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if not json_out or sys.stderr.isatty():
+            print(f"  … {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+@bench_app.command("warehouse")
+def bench_warehouse(
+    rows: Annotated[int, typer.Option(min=1_000, help="Rows to write.")] = 1_000_000,
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows per write command (as ingest would send).")] = 10_000,
+    repeat: Annotated[int, typer.Option(min=1, help="Runs; the best of each side is reported.")] = 3,
+    json_out: JsonOption = False,
+) -> None:
+    """Rows/s through the warehouse writer actor vs DuckDB's own Arrow insert of the same data."""
+    from mlplat.bench import warehouse
+
+    _report(warehouse.run(rows, batch_rows, repeat, _progress(json_out)), json_out)

@@ -1,0 +1,98 @@
+"""Commands that talk to a running daemon over gRPC: query, status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import grpc
+import typer
+
+from mlplat.api.convert import from_value
+from mlplat.api.v1 import admin_pb2, admin_pb2_grpc
+from mlplat.errors import MlplatError
+
+TargetOption = Annotated[
+    str, typer.Option("--target", "-t", envvar="MLPLAT_TARGET", help="Daemon gRPC address host:port.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+class ClientError(MlplatError):
+    """The daemon answered with an error, or could not be reached."""
+
+
+@contextmanager
+def channel(target: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(target) as ch:
+        try:
+            grpc.channel_ready_future(ch).result(timeout=5)
+        except grpc.FutureTimeoutError:
+            raise ClientError(f"cannot reach mlplat at {target} (is `mlplat run` running?)") from None
+        try:
+            yield ch
+        except grpc.RpcError as e:
+            code = e.code()
+            raise ClientError(f"{code.name if code else 'ERROR'}: {e.details()}") from None
+
+
+def query_command(
+    sql: Annotated[str, typer.Argument(metavar="SQL", help="One read-only SELECT statement.")],
+    target: TargetOption = "127.0.0.1:50051",
+    json_out: JsonOption = False,
+    max_rows: Annotated[int, typer.Option(help="Return at most this many rows (0: server limit).")] = 0,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the query cache.")] = False,
+) -> None:
+    """Run a read-only SQL query against the daemon's warehouse.
+
+    Writes, file access (read_csv, 'file.parquet') and other databases are refused.
+    Example: mlplat query "SELECT * FROM audit_log ORDER BY recorded_at DESC LIMIT 5"
+    """
+    columns: list[dict[str, str]] = []
+    rows: list[list[Any]] = []
+    truncated = cached = False
+    with channel(target) as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        for msg in stub.Query(admin_pb2.QueryRequest(sql=sql, max_rows=max_rows, no_cache=no_cache)):
+            columns.extend({"name": c.name, "type": c.type} for c in msg.columns)
+            rows.extend([from_value(v) for v in r.values] for r in msg.rows)
+            truncated = truncated or msg.truncated
+            cached = cached or msg.cached
+    if json_out:
+        typer.echo(json.dumps({"columns": columns, "rows": rows, "truncated": truncated, "cached": cached}))
+        return
+    _print_table(columns, rows)
+    if truncated:
+        print(f"(truncated at {len(rows)} rows)", file=sys.stderr)
+
+
+def _print_table(columns: list[dict[str, str]], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*(c["name"] for c in columns), show_lines=False)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    Console().print(table)
+    print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", file=sys.stderr)
+
+
+def status_command(target: TargetOption = "127.0.0.1:50051", json_out: JsonOption = False) -> None:
+    """Show whether the daemon is ready, each check, and the backends it uses."""
+    with channel(target) as ch:
+        resp = admin_pb2_grpc.AdminServiceStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
+    checks = [{"name": c.name, "ok": c.ok, "reason": c.reason} for c in resp.checks]
+    if json_out:
+        typer.echo(json.dumps({"version": resp.version, "ready": resp.ready, "checks": checks,
+                               "backends": dict(resp.backends)}))
+        return
+    typer.echo(f"mlplat {resp.version}: {'ready' if resp.ready else 'NOT READY'}")
+    for name, url in sorted(resp.backends.items()):
+        typer.echo(f"  {name:<10} {url}")
+    for c in checks:
+        typer.echo(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}{'  ' + c['reason'] if c['reason'] else ''}")
+    if not resp.ready:
+        raise typer.Exit(1)

@@ -1,0 +1,208 @@
+"""Typed settings: field defaults (mirrored by config/default.toml) < --config FILE < MLPLAT_* env < CLI flags.
+
+Read once at start-up and passed down; nothing else reads os.environ. Errors name the key, the value and
+what was expected, on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mlplat.backends import artifacts, bus, hotstore
+from mlplat.backends.urls import redact_url, scheme_of
+from mlplat.errors import ConfigError
+
+_config_file: ContextVar[dict[str, Any] | None] = ContextVar("_config_file", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_scheme(url: str, schemes: tuple[str, ...]) -> str:
+    scheme = scheme_of(url)
+    if scheme not in schemes:
+        raise ValueError(f"unknown scheme {scheme!r} (expected {', '.join(schemes)})")
+    return url
+
+
+def _read_secret_file(path: Path | None, key: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"config: {key} = {str(path)!r}: cannot read secret file ({e.strerror})") from None
+
+
+class HotStoreSettings(_Section):
+    url: str = Field("memory://", description="memory:// (embedded) or redis://host:6379/0")
+    password: SecretStr | None = Field(None, description="Redis password; set by env, never in a file")
+    password_file: Path | None = Field(None, description="file holding the Redis password")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_scheme(v, hotstore.SCHEMES)
+
+    def secret(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return _read_secret_file(self.password_file, "hot_store.password_file")
+
+
+class BusSettings(_Section):
+    url: str = Field("memory://", description="memory:// (embedded) or kafka://host:9092[,host:9092]")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_scheme(v, bus.SCHEMES)
+
+
+class ArtifactSettings(_Section):
+    url: str = Field("file://./.mlplat/artifacts", description="file://DIR or azure://CONTAINER[/prefix]")
+    connection_string: SecretStr | None = Field(None, description="Azure Storage connection string (env)")
+    connection_string_file: Path | None = Field(None, description="file holding the connection string")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_scheme(v, artifacts.SCHEMES)
+
+    def secret(self, environ: dict[str, str]) -> str | None:
+        if self.connection_string is not None:
+            return self.connection_string.get_secret_value()
+        from_file = _read_secret_file(self.connection_string_file, "artifacts.connection_string_file")
+        return from_file or environ.get("AZURE_STORAGE_CONNECTION_STRING")
+
+
+class WarehouseSettings(_Section):
+    url: str = Field("duckdb://./.mlplat/warehouse.duckdb", description="duckdb://PATH or duckdb://:memory:")
+    queue_size: int = Field(1024, ge=1, description="write commands waiting before writers are held back")
+    max_batch_commands: int = Field(512, ge=1, description="commands folded into one group commit")
+    max_batch_rows: int = Field(2_000_000, ge=1, description="rows folded into one group commit")
+    read_threads: int = Field(4, ge=1, le=64, description="threads serving read queries")
+    query_timeout_s: float = Field(30.0, gt=0, description="a read query running longer is interrupted")
+    query_max_rows: int = Field(100_000, ge=1, description="rows a user query may return")
+    cache_enabled: bool = Field(True, description="answer repeated read queries from the hot store")
+    cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached query result")
+    cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0, description="larger results are not cached")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_scheme(v, ("duckdb",))
+
+    @property
+    def path(self) -> str:
+        """The DuckDB database: a file path, or ':memory:'."""
+        rest = self.url.split("://", 1)[1]
+        return rest or ":memory:"
+
+
+class ApiSettings(_Section):
+    host: str = Field("127.0.0.1", description="gRPC bind address (loopback unless you mean it)")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    http_host: str = Field("127.0.0.1", description="HTTP bind address for /metrics, /healthz, /readyz")
+    http_port: int = Field(9464, ge=0, le=65535, description="HTTP port; 0 picks a free one")
+    grace_s: float = Field(3.0, ge=0, description="time in-flight RPCs get to finish on shutdown")
+    max_message_mb: int = Field(64, ge=1, description="largest gRPC message accepted or sent")
+
+
+class SupervisorSettings(_Section):
+    restart_initial_s: float = Field(0.5, gt=0, description="first restart delay of a crashed service")
+    restart_max_s: float = Field(30.0, gt=0, description="restart delay cap (doubles each crash)")
+    crash_loop_restarts: int = Field(5, ge=1, description="restarts within the window that mean a loop")
+    crash_loop_window_s: float = Field(60.0, gt=0, description="window for counting restarts")
+    shutdown_deadline_s: float = Field(10.0, gt=0, description="SIGTERM to exit, at most")
+    health_interval_s: float = Field(2.0, gt=0, description="how often backends are pinged")
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="lowest level logged")
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON")
+
+
+class Settings(BaseSettings):
+    """Everything a user can set. Sections mirror config/default.toml."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLPLAT_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    hot_store: HotStoreSettings = HotStoreSettings()
+    bus: BusSettings = BusSettings()
+    artifacts: ArtifactSettings = ArtifactSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
+    api: ApiSettings = ApiSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_source = InitSettingsSource(settings_cls, init_kwargs=_config_file.get() or {})
+        return (init_settings, env_settings, file_source)
+
+
+def _one_line(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+            continue
+        value = e.get("input")
+        shown = redact_url(value) if isinstance(value, str) else value
+        if "password" in key or "connection_string" in key:
+            shown = "***"
+        parts.append(f"{key} = {shown!r}: {msg}")
+    return "config: " + "; ".join(parts)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config: --config {str(path)!r}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {str(path)!r} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {e.strerror}") from None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; raises ConfigError with one line naming key, value and expectation."""
+    file_data = read_config_file(config_file) if config_file else {}
+    token = _config_file.set(file_data)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+    finally:
+        _config_file.reset(token)
+    # resolve secret files now, so a missing file is a start-up error rather than a late surprise
+    settings.hot_store.secret()
+    settings.artifacts.secret(dict(os.environ))
+    return settings

@@ -1,0 +1,156 @@
+"""Composition root: builds backends and services from settings and runs them under the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from mlplat import __version__
+from mlplat.api.admin import AdminServicer
+from mlplat.api.server import ApiServer
+from mlplat.api.v1 import admin_pb2, admin_pb2_grpc
+from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
+from mlplat.backends.bus import EventBus, open_bus
+from mlplat.backends.hotstore import HotStore, open_hot_store
+from mlplat.backends.monitor import BackendMonitor
+from mlplat.backends.urls import redact_url
+from mlplat.config import Settings
+from mlplat.errors import BackendUnavailable
+from mlplat.observability.health import Readiness
+from mlplat.observability.http import HttpServer
+from mlplat.observability.logging import get_logger, register_secret
+from mlplat.observability.metrics import Metrics
+from mlplat.supervisor import Supervisor
+from mlplat.warehouse import Warehouse
+from mlplat.warehouse.cache import QueryCache
+
+log = get_logger("daemon")
+
+
+class Daemon:
+    """Everything one `mlplat run` process owns. Tests build one in-process with port 0."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        password = settings.hot_store.secret()
+        connection_string = settings.artifacts.secret(dict(os.environ))
+        register_secret(password)
+        register_secret(connection_string)
+
+        self.hot_store: HotStore = open_hot_store(settings.hot_store.url, password=password)
+        self.bus: EventBus = open_bus(settings.bus.url)
+        self.artifacts: ArtifactStore = open_artifact_store(
+            settings.artifacts.url, connection_string=connection_string
+        )
+        cache = QueryCache(
+            self.hot_store, self.metrics, ttl_s=settings.warehouse.cache_ttl_s,
+            max_bytes=settings.warehouse.cache_max_bytes,
+        )
+        self.warehouse = Warehouse(settings.warehouse, self.metrics, cache=cache)
+        self.backends = {
+            "hot_store": self.hot_store.url,
+            "bus": self.bus.url,
+            "artifacts": self.artifacts.url,
+            "warehouse": redact_url(settings.warehouse.url),
+        }
+        admin = AdminServicer(self.warehouse, self.readiness, self.metrics, self.backends)
+        self.api = ApiServer(
+            settings.api,
+            self.readiness,
+            [(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+              lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server))],
+        )
+        self.http = HttpServer(settings.api, self.metrics, self.readiness)
+        self.monitor = BackendMonitor(
+            {"hot_store": self.hot_store.ping, "bus": self.bus.ping, "artifacts": self.artifacts.ping},
+            self.readiness, self.metrics, interval_s=settings.supervisor.health_interval_s,
+        )
+        # started in this order, stopped in reverse: the API stops taking work first, the writer flushes last
+        self.supervisor = Supervisor(
+            [self.http, self.warehouse, self.monitor, self.api],
+            settings.supervisor, self.metrics, self.readiness,
+        )
+
+    async def connect_backends(self) -> None:
+        """Reach every backend once; an unreachable one at start-up is fatal, with its URL in the error."""
+        connects: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("hot_store", self.hot_store.connect), ("bus", self.bus.connect), ("artifacts", self.artifacts.connect),
+        ]
+        for name, connect in connects:
+            try:
+                await connect()
+            except BackendUnavailable:
+                await self.close_backends()
+                raise
+            log.info("backend_connected", backend=name, url=self.backends[name])
+
+    async def close_backends(self) -> None:
+        for close in (self.bus.aclose, self.hot_store.aclose, self.artifacts.aclose):
+            with contextlib.suppress(Exception):
+                await close()
+
+    async def start(self) -> None:
+        log.info("daemon_starting", version=__version__, **self.backends)
+        await self.connect_backends()
+        try:
+            await self.supervisor.start()
+        except BaseException:
+            await self.close_backends()
+            raise
+        log.info("daemon_ready", grpc=f"{self.settings.api.host}:{self.api.port}",
+                 http=f"{self.settings.api.http_host}:{self.http.port}")
+
+    async def stop(self) -> bool:
+        log.info("daemon_stopping")
+        clean = await self.supervisor.stop()
+        await self.close_backends()
+        log.info("daemon_stopped", clean=clean)
+        return clean
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then drain; a second signal forces an immediate exit."""
+    daemon = Daemon(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.error("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await daemon.start()
+        await stop.wait()
+        clean = await daemon.stop()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 0 if clean else 1
+
+
+def run_forever(settings: Settings) -> int:
+    """The loop factory is uvloop when installed (as uvicorn does), else asyncio's own."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(settings))
+
+
+def fatal(message: str, code: int = 1) -> int:
+    print(f"mlplat: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,59 @@
+"""Every mlplat_* metric, defined once. The daemon builds one Metrics; tests build their own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Metrics grouped by the service that updates them; labels stay bounded (no entity ids)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # supervisor
+        self.service_restarts = Counter(
+            "mlplat_service_restarts", "Restarts of a crashed service.", ["service"], registry=r
+        )
+        self.service_up = Gauge(
+            "mlplat_service_up", "1 while the service runs, 0 when crashed or given up.", ["service"], registry=r
+        )
+        self.backend_up = Gauge(
+            "mlplat_backend_up", "1 when the last ping of the backend succeeded.", ["backend"], registry=r
+        )
+        # warehouse writer
+        self.warehouse_queue_depth = Gauge(
+            "mlplat_warehouse_queue_depth", "Write commands waiting for the writer.", registry=r
+        )
+        self.warehouse_commits = Counter(
+            "mlplat_warehouse_commits", "Group commits applied by the writer.", ["outcome"], registry=r
+        )
+        self.warehouse_rows_written = Counter(
+            "mlplat_warehouse_rows_written", "Rows written to the warehouse.", ["table"], registry=r
+        )
+        self.warehouse_commit_seconds = Histogram(
+            "mlplat_warehouse_commit_seconds", "Time to apply one group commit.", buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.warehouse_batch_commands = Histogram(
+            "mlplat_warehouse_batch_commands", "Write commands folded into one group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
+        )
+        # queries
+        self.queries = Counter("mlplat_queries", "Read-only queries answered.", ["outcome"], registry=r)
+        self.query_seconds = Histogram(
+            "mlplat_query_seconds", "Time to answer one read query.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.query_cache = Counter(
+            "mlplat_query_cache", "Query cache lookups.", ["result"], registry=r
+        )
+        # api
+        self.grpc_requests = Counter(
+            "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

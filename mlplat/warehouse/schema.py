@@ -1,0 +1,78 @@
+"""Versioned schema migrations, applied in order at start-up inside one transaction each.
+
+A migration is never edited once released: add a new one. A database newer than this code is refused,
+because running old code on it could corrupt what the newer version wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from mlplat.errors import WarehouseError
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "audit log",
+        """
+        CREATE TABLE audit_log (
+            id         UUID PRIMARY KEY DEFAULT uuid(),
+            recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            actor      VARCHAR NOT NULL,
+            action     VARCHAR NOT NULL,
+            subject    VARCHAR NOT NULL,
+            reason     VARCHAR NOT NULL,
+            details    JSON
+        );
+        """,
+    ),
+)
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute(_BOOKKEEPING)
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply every pending migration; returns the versions applied. Runs on the writer thread."""
+    known = max((m.version for m in migrations), default=0)
+    have = current_version(con)
+    if have > known:
+        raise WarehouseError(
+            f"warehouse schema is version {have} but this mlplat knows only up to {known}: "
+            "upgrade mlplat, or point warehouse.url at another database"
+        )
+    applied = []
+    for m in sorted(migrations, key=lambda m: m.version):
+        if m.version <= have:
+            continue
+        con.begin()
+        try:
+            con.execute(m.sql)
+            con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [m.version, m.name])
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise WarehouseError(f"warehouse migration {m.version} ({m.name}) failed: {e}") from e
+        applied.append(m.version)
+    return applied

@@ -1,0 +1,70 @@
+"""Session-scoped real servers (started only when a test asks) and per-test clean URLs (the arq fixture chain)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.servers import (
+    ServerProcess,
+    azurite_connection_string,
+    start_azurite,
+    start_redis,
+    start_tansu,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: ServerProcess) -> str:
+    """A Redis URL whose database starts empty for each test."""
+    if redis_server.proc is None:  # a previous test stopped it
+        redis_server.start()
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    return url
+
+
+@pytest.fixture(scope="session")
+def tansu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_tansu(tmp_path_factory.mktemp("tansu"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kafka_url(tansu_server: ServerProcess) -> str:
+    if tansu_server.proc is None:
+        tansu_server.start()
+    return f"kafka://127.0.0.1:{tansu_server.port}"
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh topic/container/group suffix so tests sharing a server never see each other's data."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_azurite(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def azure_connection_string(azurite_server: ServerProcess) -> str:
+    if azurite_server.proc is None:
+        azurite_server.start()
+    return azurite_connection_string(azurite_server.port)

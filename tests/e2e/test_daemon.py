@@ -1,0 +1,157 @@
+"""The whole daemon as a user runs it: `mlplat run` in a subprocess, driven through its CLI and HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+pytestmark = pytest.mark.e2e
+MLPLAT = [sys.executable, "-m", "mlplat"]
+
+
+@dataclass
+class RunningDaemon:
+    proc: subprocess.Popen[str]
+    grpc_port: int
+    http_port: int
+    workdir: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*MLPLAT, *args, "--target", self.target], capture_output=True, text=True,
+                              timeout=60, cwd=self.workdir)
+
+    def logs(self) -> str:
+        return (self.workdir / "daemon.log").read_text()
+
+
+def start_daemon(workdir: Path, env: dict[str, str] | None = None, *args: str) -> RunningDaemon:
+    grpc_port, http_port = free_port(), free_port()
+    log = (workdir / "daemon.log").open("w")
+    proc = subprocess.Popen(
+        [*MLPLAT, "run", "--grpc-port", str(grpc_port), "--http-port", str(http_port), *args],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "MLPLAT_LOGGING__FORMAT": "json", **(env or {})},
+    )
+    daemon = RunningDaemon(proc, grpc_port, http_port, workdir)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited {proc.returncode}:\n{daemon.logs()}")
+        try:
+            if daemon.http("/readyz")[0] == 200:
+                return daemon
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"daemon not ready in 60s:\n{daemon.logs()}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+    d = start_daemon(tmp_path)
+    yield d
+    if d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_run_query_and_graceful_sigterm(daemon: RunningDaemon) -> None:
+    """The README flow: readiness, a query through the CLI, health endpoints, then SIGTERM exits 0 quickly."""
+    result = daemon.cli("query", "SELECT 42 AS answer", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == [[42]]
+
+    status, body = daemon.http("/healthz")
+    assert status == 200
+    status, body = daemon.http("/metrics")
+    assert status == 200 and "mlplat_service_up" in body
+    assert 'mlplat_grpc_requests_total{code="OK",method="Query"}' in body
+
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    events = [json.loads(line)["event"] for line in daemon.logs().splitlines() if line.startswith("{")]
+    assert "daemon_ready" in events and events[-1] == "daemon_stopped"
+
+
+def test_forbidden_query_exits_non_zero_with_one_line(daemon: RunningDaemon) -> None:
+    """A query that reads a server file is refused with PERMISSION_DENIED, one line on stderr."""
+    result = daemon.cli("query", "SELECT * FROM read_csv('/etc/passwd')")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "PERMISSION_DENIED" in result.stderr and "read_csv" in result.stderr
+
+
+def test_status_lists_backends_and_checks(daemon: RunningDaemon) -> None:
+    """`mlplat status --json` reports readiness, every check and the backend URLs."""
+    result = daemon.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["ready"] is True
+    assert set(status["backends"]) == {"hot_store", "bus", "artifacts", "warehouse"}
+    assert {c["name"] for c in status["checks"]} >= {"service:api", "service:warehouse", "backend:hot_store"}
+
+
+def test_warehouse_survives_a_restart(tmp_path: Path) -> None:
+    """The DuckDB file written by one run is read by the next (migrations already applied)."""
+    first = start_daemon(tmp_path)
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=15) == 0
+    second = start_daemon(tmp_path)
+    try:
+        result = second.cli("query", "SELECT max(version) AS v FROM schema_migrations", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["rows"] == [[1]]
+    finally:
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(timeout=15) == 0
+
+
+def test_invalid_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    """A bad URL in the environment stops start-up with exit 2 and a line naming key and value."""
+    result = subprocess.run([*MLPLAT, "run"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "MLPLAT_BUS__URL": "kafak://broker:9092"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mlplat: config: bus.url = 'kafak://broker:9092': unknown scheme 'kafak' (expected memory, kafka)"
+    )
+
+
+def test_unreachable_backend_at_start_up_names_the_url(tmp_path: Path) -> None:
+    """A Redis that is not there fails start-up with exit 1 naming the URL, without its password."""
+    port = free_port()
+    result = subprocess.run(
+        [*MLPLAT, "run", "--grpc-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=90,
+        cwd=tmp_path, env={**os.environ, "MLPLAT_HOT_STORE__URL": f"redis://127.0.0.1:{port}/0",
+                           "MLPLAT_HOT_STORE__PASSWORD": "very-secret-pw"},
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlplat: ") and f"127.0.0.1:{port}" in last
+    assert "very-secret-pw" not in result.stderr

