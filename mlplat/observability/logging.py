@@ -116,5 +116,6 @@ def configure_logging(
 
 
 def get_logger(service: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger("mlplat").bind(service=service)
+    """A lazy logger: modules create theirs at import, before the entry point configures logging."""
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("mlplat", service=service)
     return logger

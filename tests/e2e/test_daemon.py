@@ -50,12 +50,12 @@ class RunningDaemon:
 
 def start_daemon(workdir: Path, env: dict[str, str] | None = None, *args: str) -> RunningDaemon:
     grpc_port, http_port = free_port(), free_port()
-    log = (workdir / "daemon.log").open("w")
-    proc = subprocess.Popen(
-        [*MLPLAT, "run", "--grpc-port", str(grpc_port), "--http-port", str(http_port), *args],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "MLPLAT_LOGGING__FORMAT": "json", **(env or {})},
-    )
+    with (workdir / "daemon.log").open("a") as log:
+        proc = subprocess.Popen(
+            [*MLPLAT, "run", "--grpc-port", str(grpc_port), "--http-port", str(http_port), *args],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "MLPLAT_LOGGING__FORMAT": "json", **(env or {})},
+        )
     daemon = RunningDaemon(proc, grpc_port, http_port, workdir)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
