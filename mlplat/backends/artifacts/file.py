@@ -89,15 +89,14 @@ class FileArtifactStore:
 
     async def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> ArtifactInfo:
         blob, meta = self._blob(key), self._meta(key)
-        info = ArtifactInfo(key, len(data), hashlib.sha256(data).hexdigest(), dict(metadata or {}))
-
-        def write() -> None:
+        def write() -> ArtifactInfo:
+            info = ArtifactInfo(key, len(data), hashlib.sha256(data).hexdigest(), dict(metadata or {}))
             _atomic_write(blob, data)
             record = {"size": info.size, "sha256": info.sha256, "metadata": dict(info.metadata)}
             _atomic_write(meta, json.dumps(record).encode())
+            return info
 
-        await asyncio.to_thread(write)
-        return info
+        return await asyncio.to_thread(write)
 
     async def get(self, key: str) -> bytes:
         blob = self._blob(key)

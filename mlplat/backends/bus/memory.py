@@ -80,7 +80,9 @@ class MemoryBus:
             self._rebalance_all()
         return self._topics[topic]
 
-    def _append(self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]) -> tuple[int, int]:
+    def _append(
+        self, topic: str, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[int, int]:
         partitions = self._partitions(topic)
         if key is None:
             index = next(self._round_robin) % len(partitions)

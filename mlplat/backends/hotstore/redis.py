@@ -7,6 +7,7 @@ the server returns, so the same object keeps working after an outage.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -59,14 +60,12 @@ class RedisHotStore:
         await self._call(self._client.ping())
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._call(self._client.get(key))
-        return value
+        return _as_bytes(await self._call(self._client.get(key)))
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values: list[bytes | None] = await self._call(self._client.mget(keys))
-        return values
+        return [_as_bytes(v) for v in await self._call(self._client.mget(keys))]
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(int(ttl_s * 1000), 1)
@@ -102,17 +101,16 @@ class RedisHotStore:
             await self._call(self._client.hset(key, mapping=dict(mapping)))  # type: ignore[arg-type]
 
     async def hget(self, key: str, field: str) -> bytes | None:
-        value: bytes | None = await self._call(self._client.hget(key, field))  # type: ignore[misc]
-        return value
+        return _as_bytes(await self._call(self._client.hget(key, field)))
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        raw: dict[bytes, bytes] = await self._call(self._client.hgetall(key))  # type: ignore[misc]
-        return {k.decode(): v for k, v in raw.items()}
+        raw = await self._call(self._client.hgetall(key))
+        return {_text(k): _as_bytes(v) or b"" for k, v in raw.items()}
 
     async def hdel(self, key: str, *fields: str) -> int:
         if not fields:
             return 0
-        return int(await self._call(self._client.hdel(key, *fields)))  # type: ignore[misc]
+        return int(await self._call(self._client.hdel(key, *fields)))
 
     async def scan_keys(self, prefix: str) -> list[str]:
         pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix) + "*"
@@ -147,11 +145,9 @@ class RedisHotStore:
 
             yield messages()
         finally:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await pubsub.unsubscribe(channel)
-            except (RedisError, OSError):
-                pass
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -200,6 +196,14 @@ class RedisPipeline:
         ops, self._ops = self._ops, []
         if ops:
             await self._store.run_pipeline(ops)
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _reason(error: BaseException) -> str:
