@@ -106,12 +106,13 @@ def _port_ready(server: ServerProcess) -> bool:
     return port_open(server.port)
 
 
-def start_redis(workdir: Path) -> ServerProcess:
+def start_redis(workdir: Path, password: str | None = None) -> ServerProcess:
     exe = shutil.which("redis-server") or missing("redis-server (apt-get install redis-server)")
     port = free_port()
+    auth = ["--requirepass", password] if password else []
     server = ServerProcess(
         "redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                  "--dir", str(workdir)],
+                  "--dir", str(workdir), *auth],
         port, workdir, _redis_ready,
     )
     server.start()
@@ -123,7 +124,8 @@ def _redis_ready(server: ServerProcess) -> bool:
         return False
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
         s.sendall(b"PING\r\n")
-        return s.recv(16).startswith(b"+PONG")
+        reply = s.recv(64)
+        return reply.startswith((b"+PONG", b"-NOAUTH"))  # NOAUTH: up, and asking for the password
     return False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -31,6 +32,7 @@ class ApiServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port = settings.grpc_port
+        self._changed: asyncio.Event | None = None
 
     async def start(self) -> None:
         limit = self._settings.max_message_mb * 1024 * 1024
@@ -54,6 +56,8 @@ class ApiServer:
         await server.start()
         self._server = server
         self._service_names = [n for n, _ in self._registrars]
+        if self._changed is None:  # before our own "started" mark, so none is missed; once per daemon
+            self._changed = self._readiness.changed()
         await self._mirror_readiness()
         log.info("grpc_listening", address=f"{self._settings.host}:{self.port}")
 
@@ -67,10 +71,10 @@ class ApiServer:
             await self._health.set(name, status)
 
     async def run(self) -> None:
-        changed = self._readiness.changed()
+        assert self._changed is not None, "start() first"
         while True:
-            await changed.wait()
-            changed.clear()
+            await self._changed.wait()
+            self._changed.clear()
             await self._mirror_readiness()
 
     async def stop(self) -> None:

@@ -113,7 +113,8 @@ class WriterConnection:
             while j < len(commands) and self._foldable(cmd, commands[j]):
                 j += 1
             run = [c for c in commands[i:j] if isinstance(c, ArrowWrite)]
-            data = run[0].data if len(run) == 1 else pa.concat_tables([c.data for c in run])
+            # one contiguous table: DuckDB scans a many-chunked Arrow table markedly slower than the copy costs
+            data = run[0].data if len(run) == 1 else pa.concat_tables([c.data for c in run]).combine_chunks()
             self._insert(cmd, data)
             counts.extend(c.data.num_rows for c in run)
             i = j
