@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from mlplat.backends.hotstore import HotStore, open_hot_store
+from mlplat.backends.hotstore import HotStore
 from mlplat.errors import NotFound
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-async def hot_store(request: pytest.FixtureRequest) -> AsyncIterator[HotStore]:
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
-    store = open_hot_store(url)
-    await store.connect()
-    yield store
-    await store.aclose()
 
 
 async def test_set_get_round_trips_arbitrary_bytes(hot_store: HotStore) -> None:

@@ -7,20 +7,11 @@ from collections.abc import AsyncIterator
 import pyarrow as pa
 import pytest
 
-from mlplat.backends.hotstore import HotStore, open_hot_store
+from mlplat.backends.hotstore import HotStore
 from mlplat.config import WarehouseSettings
 from mlplat.observability.metrics import Metrics
 from mlplat.warehouse import ArrowWrite, Warehouse
 from mlplat.warehouse.cache import QueryCache
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-async def hot_store(request: pytest.FixtureRequest) -> AsyncIterator[HotStore]:
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
-    store = open_hot_store(url)
-    await store.connect()
-    yield store
-    await store.aclose()
 
 
 @pytest.fixture

@@ -119,9 +119,9 @@ def test_status_lists_backends_and_checks(daemon: RunningDaemon) -> None:
 
 
 def test_warehouse_survives_a_restart(tmp_path: Path) -> None:
-    """The DuckDB file written by one run is read by the next (migrations already applied)."""
+    """The DuckDB file written by one run is read by the next; Ctrl-C (SIGINT) drains like SIGTERM."""
     first = start_daemon(tmp_path)
-    first.proc.send_signal(signal.SIGTERM)
+    first.proc.send_signal(signal.SIGINT)
     assert first.proc.wait(timeout=15) == 0
     second = start_daemon(tmp_path)
     try:

@@ -114,3 +114,31 @@ async def test_stop_respects_the_deadline() -> None:
     assert not await sup.stop()
     assert asyncio.get_running_loop().time() - started < 2
     assert "stop:a" in log
+
+
+async def test_a_crash_loop_fails_readyz_over_http() -> None:
+    """What an orchestrator sees: /readyz answers 503 naming the crash-looping service, /healthz stays 200."""
+    import aiohttp
+
+    from mlplat.config import ApiSettings
+    from mlplat.observability.http import HttpServer
+
+    metrics, readiness = Metrics(), Readiness()
+    http = HttpServer(ApiSettings(http_port=0), metrics, readiness)
+    doomed = Recorder("doomed", [], crashes=1000)
+    sup = Supervisor([http, doomed], FAST, metrics, readiness)
+    await sup.start()
+    try:
+        await wait_for(lambda: "doomed" in sup.gave_up)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{http.port}/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 503
+            async with session.get(f"http://127.0.0.1:{http.port}/healthz") as resp:
+                assert resp.status == 200
+            async with session.get(f"http://127.0.0.1:{http.port}/metrics") as resp:
+                text = await resp.text()
+        assert "crash loop" in body["checks"]["service:doomed"]["reason"]
+        assert 'mlplat_service_restarts_total{service="doomed"} 3.0' in text
+    finally:
+        await sup.stop()
