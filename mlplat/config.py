@@ -131,6 +131,42 @@ class SupervisorSettings(_Section):
     health_interval_s: float = Field(2.0, gt=0, description="how often backends are pinged")
 
 
+def _cpu_count() -> int:
+    return os.cpu_count() or 2
+
+
+class BalancerSettings(_Section):
+    max_python_workers: int = Field(
+        default_factory=_cpu_count, ge=1, le=256, description="worker processes running CPU-heavy jobs at once"
+    )
+    thread_workers: int = Field(
+        default_factory=lambda: min(32, _cpu_count() + 4), ge=1, le=512, description="threads for I/O and GIL-free work"
+    )
+    spare_workers: int | None = Field(
+        None, ge=0, description="warm processes that take over while low-priority jobs are paused (default: same)"
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"ingest": 8.0, "serve": 4.0, "monitor": 2.0, "train": 1.0},
+        description="share of free workers per priority class under contention (weighted, never strict)",
+    )
+    preempt_after_ms: float = Field(2.0, ge=0, description="ingest/serve backlog older than this preempts training")
+    inline_max_ms: float = Field(0.5, ge=0, description="jobs expected to be cheaper than this run on the loop")
+    cpu_saturated_percent: float = Field(
+        90.0, gt=0, le=100, description="above this system CPU, low-priority process jobs wait"
+    )
+    cpu_sample_s: float = Field(0.5, gt=0, description="how often CPU load is sampled")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        expected = {"ingest", "serve", "monitor", "train"}
+        if set(v) != expected:
+            raise ValueError(f"need a weight for each of {', '.join(sorted(expected))}, got {', '.join(sorted(v))}")
+        if any(w <= 0 for w in v.values()):
+            raise ValueError("weights must be > 0 (a zero weight would starve a class)")
+        return v
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="lowest level logged")
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON")
@@ -149,6 +185,7 @@ class Settings(BaseSettings):
     warehouse: WarehouseSettings = WarehouseSettings()
     api: ApiSettings = ApiSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    balancer: BalancerSettings = BalancerSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -18,6 +18,7 @@ from mlplat.backends.bus import EventBus, open_bus
 from mlplat.backends.hotstore import HotStore, open_hot_store
 from mlplat.backends.monitor import BackendMonitor
 from mlplat.backends.urls import redact_url
+from mlplat.compute.balancer import Balancer, BalancerService
 from mlplat.config import Settings
 from mlplat.errors import BackendUnavailable
 from mlplat.observability.health import Readiness
@@ -71,9 +72,12 @@ class Daemon:
             {"hot_store": self.hot_store.ping, "bus": self.bus.ping, "artifacts": self.artifacts.ping},
             self.readiness, self.metrics, interval_s=settings.supervisor.health_interval_s,
         )
+        self.balancer = Balancer(settings.balancer, self.metrics)
         # started in this order, stopped in reverse: the API stops taking work first, the writer flushes last
         self.supervisor = Supervisor(
-            [self.http, self.warehouse, self.monitor, self.api],
+            [self.http, self.warehouse,
+             BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
+             self.monitor, self.api],
             settings.supervisor, self.metrics, self.readiness,
         )
 

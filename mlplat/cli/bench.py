@@ -46,3 +46,16 @@ def bench_warehouse(
     from mlplat.bench import warehouse
 
     _report(warehouse.run(rows, batch_rows, repeat, _progress(json_out)), json_out)
+
+
+@bench_app.command("balancer")
+def bench_balancer(
+    jobs: Annotated[int, typer.Option(min=100, help="No-op jobs per lane (a tenth of them for processes).")] = 5000,
+    samples: Annotated[int, typer.Option(min=10, help="Ingest jobs timed, idle and under training.")] = 200,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPU count).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Per-lane overhead and jobs/s, and ingest wait p99 idle vs while training fills every worker."""
+    from mlplat.bench import balancer
+
+    _report(balancer.run(jobs, samples, workers, _progress(json_out)), json_out)

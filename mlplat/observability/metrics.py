@@ -50,6 +50,28 @@ class Metrics:
         self.query_cache = Counter(
             "mlplat_query_cache", "Query cache lookups.", ["result"], registry=r
         )
+        # balancer
+        self.jobs_queued = Gauge(
+            "mlplat_jobs_queued", "Jobs waiting for a worker.", ["class", "lane"], registry=r
+        )
+        self.job_wait_seconds = Histogram(
+            "mlplat_job_wait_seconds", "Time a job waited for a worker.", ["class"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.job_run_seconds = Histogram(
+            "mlplat_job_run_seconds", "Time a job ran.", ["class", "lane"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.workers_busy = Gauge("mlplat_workers_busy", "Workers running a job.", ["lane"], registry=r)
+        self.jobs_preempted = Counter(
+            "mlplat_jobs_preempted", "Training jobs paused or cancelled for ingest/serve work.", registry=r
+        )
+        self.worker_restarts = Counter(
+            "mlplat_worker_restarts", "Worker processes replaced after dying or being cancelled.", registry=r
+        )
+        self.cpu_percent = Gauge("mlplat_cpu_percent", "System CPU use sampled by the balancer.", registry=r)
+        self.worker_cpu_percent = Gauge(
+            "mlplat_worker_cpu_percent", "CPU use of each worker process.", ["worker"], registry=r
+        )
         # api
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r

@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["query"], ["status"], ["bench"], ["bench", "warehouse"],
-                                     ["config", "show"]])
+                                     ["bench", "balancer"], ["config", "show"]])
 def test_every_command_has_help(command: list[str]) -> None:
     """`--help` explains each command and exits 0."""
     result = run(*command, "--help")
@@ -32,6 +32,17 @@ def test_bench_warehouse_prints_one_json_object() -> None:
     assert report["params"] == {"rows": 2000, "batch_rows": 100, "repeat": 1}
     assert set(report["metrics"]) == {"rows_per_s", "floor_rows_per_s", "ratio"}
     assert all(isinstance(v, float) and v > 0 for v in report["metrics"].values())
+
+
+def test_bench_balancer_prints_one_json_object() -> None:
+    """`mlplat bench balancer --json` reports every lane and the idle vs under-training ingest waits."""
+    result = run("bench", "balancer", "--jobs", "100", "--samples", "10", "--workers", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    for lane in ("inline", "thread", "process"):
+        assert metrics[f"{lane}_jobs_per_s"] > 0 and f"{lane}_overhead_us" in metrics
+    assert metrics["ingest_wait_p99_ms_idle"] > 0 and metrics["ingest_wait_p99_ms_under_training"] > 0
+    assert metrics["preemptions"] >= 1  # the training job really was in the way
 
 
 def test_usage_errors_exit_2() -> None:
