@@ -167,6 +167,15 @@ class BalancerSettings(_Section):
         return v
 
 
+class IngestSettings(_Section):
+    features_file: Path | None = Field(None, description="TOML declaring entities and feature sets")
+    consumer_group: str = Field("mlplat-ingest", description="bus consumer group shared by ingest daemons")
+    partitions: int = Field(4, ge=1, description="partitions of event topics mlplat creates")
+    batch_size: int = Field(5000, ge=1, description="events closing a batch")
+    batch_wait_ms: float = Field(200.0, gt=0, description="time closing a batch that is not full")
+    dead_letter_topic: str = Field("mlplat.deadletters", description="where rejected events are published")
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="lowest level logged")
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON")
@@ -186,6 +195,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     balancer: BalancerSettings = BalancerSettings()
+    ingest: IngestSettings = IngestSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -21,6 +21,9 @@ from mlplat.backends.urls import redact_url
 from mlplat.compute.balancer import Balancer, BalancerService
 from mlplat.config import Settings
 from mlplat.errors import BackendUnavailable
+from mlplat.features.definitions import load_catalog
+from mlplat.features.registry import FeatureRegistry, FeatureRegistryService
+from mlplat.ingest.stream import StreamIngest
 from mlplat.observability.health import Readiness
 from mlplat.observability.http import HttpServer
 from mlplat.observability.logging import get_logger, register_secret
@@ -73,11 +76,15 @@ class Daemon:
             self.readiness, self.metrics, interval_s=settings.supervisor.health_interval_s,
         )
         self.balancer = Balancer(settings.balancer, self.metrics)
+        catalog = load_catalog(settings.ingest.features_file) if settings.ingest.features_file else None
+        self.features = FeatureRegistry(self.warehouse, self.hot_store)
+        self.ingest = StreamIngest(settings.ingest, self.bus, self.hot_store, self.warehouse, self.features,
+                                   self.balancer, self.metrics)
         # started in this order, stopped in reverse: the API stops taking work first, the writer flushes last
         self.supervisor = Supervisor(
             [self.http, self.warehouse,
              BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
-             self.monitor, self.api],
+             FeatureRegistryService(self.features, catalog), self.monitor, self.ingest, self.api],
             settings.supervisor, self.metrics, self.readiness,
         )
 

@@ -72,6 +72,25 @@ class Metrics:
         self.worker_cpu_percent = Gauge(
             "mlplat_worker_cpu_percent", "CPU use of each worker process.", ["worker"], registry=r
         )
+        # ingest
+        self.ingest_events = Counter(
+            "mlplat_ingest_events", "Events ingested, by outcome.", ["feature_set", "outcome"], registry=r
+        )
+        self.ingest_batch_seconds = Histogram(
+            "mlplat_ingest_batch_seconds", "Time to ingest one batch end to end.", buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ingest_lag_seconds = Histogram(
+            "mlplat_ingest_lag_seconds", "Event time to warehouse commit (oldest event of each batch).",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600), registry=r,
+        )
+        self.consumer_position = Gauge(
+            "mlplat_consumer_position", "Next offset ingest will read.", ["topic", "partition"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "mlplat_consumer_lag", "Events on the bus not yet ingested.", ["topic", "partition"], registry=r
+        )
+        self.dead_letters = Counter("mlplat_dead_letters", "Records rejected, by reason.", ["reason"], registry=r)
         # api
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r

@@ -139,9 +139,15 @@ class Warehouse:
         await self.writer.flush()
 
     # --- reads --------------------------------------------------------------------------------------
-    async def read(self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None) -> pa.Table:
-        """A trusted internal read (our own SQL, parameterised). Runs on a reader thread."""
-        table, _ = await self._run_read(sql, params, max_rows)
+    async def read(
+        self, sql: str, params: Sequence[Any] = (), *, max_rows: int | None = None,
+        tables: dict[str, pa.Table] | None = None,
+    ) -> pa.Table:
+        """A trusted internal read (our own SQL, parameterised). Runs on a reader thread.
+
+        `tables` are Arrow tables visible to the query under those names (e.g. a training-set spine).
+        """
+        table, _ = await self._run_read(sql, params, max_rows, tables=tables)
         return table
 
     async def query(self, sql: str, *, max_rows: int | None = None, use_cache: bool = True) -> QueryResult:
@@ -191,7 +197,8 @@ class Warehouse:
         return await loop.run_in_executor(self._read_threads, with_cursor)
 
     async def _run_read(
-        self, sql: str, params: Sequence[Any], max_rows: int | None, *, read_only: bool = False
+        self, sql: str, params: Sequence[Any], max_rows: int | None, *, read_only: bool = False,
+        tables: dict[str, pa.Table] | None = None,
     ) -> tuple[pa.Table, bool]:
         if self._con is None:
             raise WarehouseError("warehouse is not started")
@@ -201,9 +208,13 @@ class Warehouse:
         def run() -> tuple[pa.Table, bool]:
             cursor = self._cursors.get(timeout=self._settings.query_timeout_s)
             holder["cursor"] = cursor
+            for name, data in (tables or {}).items():
+                cursor.register(name, data)
             try:
                 return _fetch(cursor, sql, params, max_rows, read_only)
             finally:
+                for name in tables or {}:
+                    cursor.unregister(name)
                 holder.pop("cursor", None)
                 self._cursors.put(cursor)
 

@@ -36,6 +36,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "feature registry and dead letters",
+        """
+        CREATE TABLE feature_sets (
+            name          VARCHAR NOT NULL,
+            version       INTEGER NOT NULL,
+            definition    JSON NOT NULL,
+            registered_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (name, version)
+        );
+        CREATE TABLE dead_letters (
+            source_key  VARCHAR PRIMARY KEY,   -- topic:partition:offset or upload:<id>:<row>: replays are no-ops
+            received_at TIMESTAMPTZ NOT NULL,
+            source      VARCHAR NOT NULL,
+            feature_set VARCHAR,
+            event_id    VARCHAR,
+            reason_code VARCHAR NOT NULL,
+            reason      VARCHAR NOT NULL,
+            payload     BLOB NOT NULL
+        );
+        """,
+    ),
 )
 
 _BOOKKEEPING = """

@@ -127,7 +127,7 @@ def test_warehouse_survives_a_restart(tmp_path: Path) -> None:
     try:
         result = second.cli("query", "SELECT max(version) AS v FROM schema_migrations", "--json")
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["rows"] == [[1]]
+        assert json.loads(result.stdout)["rows"] == [[2]]
     finally:
         second.proc.send_signal(signal.SIGTERM)
         assert second.proc.wait(timeout=15) == 0

@@ -1,0 +1,206 @@
+"""Service A, streaming: events on the bus become warehouse rows, latest values and dead letters.
+
+One loop per daemon, in a consumer group so several daemons split the partitions. A batch closes when
+it holds `batch_size` events or `batch_wait_ms` passed. Validation runs on a balancer thread (ingest
+class). Then, in this order: warehouse (rows and dead letters, idempotent by event id / bus position),
+hot store (latest value per entity, newer events only), dead-letter topic, and only then the offset
+commit. A crash anywhere before the commit replays the batch, and the replay changes nothing: the
+effect is exactly-once. A failed warehouse write rewinds to the last commit and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition
+from mlplat.backends.hotstore import HotStore
+from mlplat.compute.balancer import Balancer
+from mlplat.compute.jobs import Lane, Priority
+from mlplat.config import IngestSettings
+from mlplat.errors import BackendError, MlplatError
+from mlplat.features.definitions import FeatureSet
+from mlplat.features.online import write_latest
+from mlplat.features.registry import FeatureRegistry
+from mlplat.ingest.validation import DeadLetter, validate_events
+from mlplat.observability.logging import get_logger
+from mlplat.observability.metrics import Metrics
+from mlplat.warehouse import ArrowWrite, Warehouse
+
+log = get_logger("ingest")
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    ("source_key", pa.string()), ("received_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
+    ("feature_set", pa.string()), ("event_id", pa.string()), ("reason_code", pa.string()),
+    ("reason", pa.string()), ("payload", pa.binary()),
+])
+
+
+def dead_letter_table(
+    letters: Sequence[tuple[str, DeadLetter]], source: str, feature_set: str | None, at: dt.datetime
+) -> pa.Table:
+    return pa.table({
+        "source_key": [key for key, _ in letters],
+        "received_at": [at] * len(letters),
+        "source": [source] * len(letters),
+        "feature_set": [feature_set] * len(letters),
+        "event_id": [d.event_id for _, d in letters],
+        "reason_code": [d.code for _, d in letters],
+        "reason": [d.reason for _, d in letters],
+        "payload": [d.payload for _, d in letters],
+    }, schema=DEAD_LETTER_SCHEMA)
+
+
+class StreamIngest:
+    name = "ingest"
+
+    def __init__(
+        self, settings: IngestSettings, bus: EventBus, hot_store: HotStore, warehouse: Warehouse,
+        registry: FeatureRegistry, balancer: Balancer, metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._hot_store = hot_store
+        self._warehouse = warehouse
+        self._registry = registry
+        self._balancer = balancer
+        self._metrics = metrics
+        self._consumer: BusConsumer | None = None
+        self._topics: dict[str, FeatureSet] = {}
+
+    async def start(self) -> None:
+        self._topics = {fs.topic: fs for fs in self._registry.feature_sets.values()}
+        if not self._topics:
+            log.info("ingest_idle", reason="no feature sets registered")
+            return
+        for topic in self._topics:
+            await self._bus.create_topic(topic, partitions=self._settings.partitions)
+        await self._bus.create_topic(self._settings.dead_letter_topic, partitions=1)
+        self._consumer = self._bus.consumer(sorted(self._topics), group=self._settings.consumer_group)
+        await self._consumer.start()
+        log.info("ingest_consuming", topics=sorted(self._topics), group=self._settings.consumer_group)
+
+    async def run(self) -> None:
+        if self._consumer is None:
+            await asyncio.Event().wait()
+        backoff = 0.2
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            try:
+                await self.process(batch)
+            except (MlplatError, OSError) as e:
+                # nothing was committed: rewind and take the same events again once things recover
+                log.error("ingest_batch_failed", error=str(e), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                assert self._consumer is not None
+                await self._consumer.seek_to_committed()
+            else:
+                backoff = 0.2
+
+    async def _collect(self) -> dict[TopicPartition, list[Message]]:
+        """Accumulate until batch_size events or batch_wait_ms, whichever comes first."""
+        assert self._consumer is not None
+        batch: dict[TopicPartition, list[Message]] = defaultdict(list)
+        count = 0
+        deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
+        while count < self._settings.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and count:
+                break
+            polled = await self._consumer.poll(
+                max_records=self._settings.batch_size - count, timeout_s=max(remaining, 0.05)
+            )
+            for tp, messages in polled.items():
+                batch[tp].extend(messages)
+                count += len(messages)
+            if not polled and count:
+                break
+        return dict(batch)
+
+    async def process(self, batch: dict[TopicPartition, list[Message]]) -> None:
+        started = time.monotonic()
+        now = dt.datetime.now(dt.UTC)
+        by_set: dict[str, list[Message]] = defaultdict(list)
+        for tp, messages in batch.items():
+            by_set[tp.topic].extend(messages)
+        writes: list[asyncio.Future[int]] = []
+        latest: list[tuple[FeatureSet, pa.Table]] = []
+        dead_out: list[tuple[str, DeadLetter]] = []
+        loop = asyncio.get_running_loop()
+        for topic, messages in by_set.items():
+            fs = self._registry.get(self._topics[topic].name)
+            payloads = [m.value for m in messages]
+            validated = await self._balancer.run(
+                validate_events, fs, self._registry.key_of(fs), payloads, now, priority=Priority.INGEST,
+                lane=Lane.THREAD,
+            )
+            letters = [(_position(messages[d.index]), d) for d in validated.dead]
+            writes.append(loop.create_task(self._warehouse.write(
+                ArrowWrite(fs.table, validated.rows, "insert_ignore", ("event_id",)))))
+            if letters:
+                writes.append(loop.create_task(self._warehouse.write(ArrowWrite(
+                    "dead_letters", dead_letter_table(letters, "stream", fs.name, now), "insert_ignore",
+                    ("source_key",)))))
+            latest.append((fs, validated.rows))
+            dead_out.extend(letters)
+            self._count(fs.name, validated.rows.num_rows, validated.dead)
+        await asyncio.gather(*writes)
+        for fs, rows in latest:
+            await self._update_hot_store(fs, rows)
+        await self._publish_dead_letters(dead_out)
+        assert self._consumer is not None
+        await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        self._observe(batch, latest, started)
+
+    async def _update_hot_store(self, fs: FeatureSet, rows: pa.Table) -> None:
+        try:
+            await write_latest(self._hot_store, fs, rows)
+        except BackendError as e:  # the warehouse has the rows; online reads fall back to it
+            log.warning("hot_store_update_failed", feature_set=fs.name, error=str(e))
+
+    async def _publish_dead_letters(self, letters: list[tuple[str, DeadLetter]]) -> None:
+        if not letters:
+            return
+        items = [
+            (key.encode(), json.dumps({"source_key": key, "reason": d.reason, "event_id": d.event_id,
+                                       "payload": d.payload.decode("utf-8", "replace")}).encode())
+            for key, d in letters
+        ]
+        await self._bus.publish_many(self._settings.dead_letter_topic, items)
+
+    def _count(self, feature_set: str, accepted: int, dead: list[DeadLetter]) -> None:
+        self._metrics.ingest_events.labels(feature_set, "accepted").inc(accepted)
+        if dead:
+            self._metrics.ingest_events.labels(feature_set, "dead_letter").inc(len(dead))
+        for d in dead:
+            self._metrics.dead_letters.labels(d.code).inc()
+
+    def _observe(self, batch: dict[TopicPartition, list[Message]], latest: list[tuple[FeatureSet, pa.Table]],
+                 started: float) -> None:
+        self._metrics.ingest_batch_seconds.observe(time.monotonic() - started)
+        now_us = time.time() * 1e6
+        for _, rows in latest:
+            if rows.num_rows:
+                oldest = pc.min(rows["event_time"]).cast(pa.int64()).as_py()
+                self._metrics.ingest_lag_seconds.observe(max(now_us - oldest, 0) / 1e6)
+        for tp, messages in batch.items():
+            self._metrics.consumer_position.labels(tp.topic, str(tp.partition)).set(messages[-1].offset + 1)
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+def _position(message: Message) -> str:
+    return f"{message.topic}:{message.partition}:{message.offset}"

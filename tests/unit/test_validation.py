@@ -1,0 +1,85 @@
+"""Event validation: every kind of bad record becomes a dead letter with its reason; good ones are typed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from mlplat.features.definitions import catalog_from_dict
+from mlplat.ingest.validation import validate_events
+
+FS = catalog_from_dict({"entities": {"user": {"key": "user_id"}}, "feature_sets": {"s": {"entity": "user",
+    "features": [
+        {"name": "n", "type": "int", "min": 0, "max": 100},
+        {"name": "x", "type": "float", "nullable": False},
+        {"name": "c", "type": "string", "allowed": ["a", "b"]},
+        {"name": "flag", "type": "bool"},
+        {"name": "seen", "type": "timestamp"},
+    ]}}}).feature_sets["s"]
+NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+
+
+def ev(**fields: object) -> bytes:
+    base: dict[str, object] = {"event_id": "e1", "user_id": "u1", "event_time": "2026-01-01T00:00:00Z", "x": 1.0}
+    return json.dumps({**base, **fields}).encode()
+
+
+def test_a_good_event_is_typed() -> None:
+    """Types are coerced as declared: ints, floats (an int is a valid float), bools, strings, timestamps."""
+    batch = validate_events(FS, "user_id", [ev(n=5, x=2, c="a", flag=True, seen=1_700_000_000_000)], NOW)
+    assert batch.dead == []
+    row = batch.rows.to_pylist()[0]
+    assert (row["n"], row["x"], row["c"], row["flag"]) == (5, 2.0, "a", True)
+    assert row["seen"] == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC)
+    assert row["event_time"] == dt.datetime(2026, 1, 1, tzinfo=dt.UTC) and row["ingest_time"] == NOW
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"{oops", "invalid_json"),
+    (b"\xff\xfe\x00", "invalid_json"),
+    (b'"just a string"', "not_an_object"),
+    (json.dumps({"user_id": "u1", "event_time": 1, "x": 1.0}).encode(), "missing_field"),
+    (ev(event_id=""), "wrong_type"),
+    (ev(user_id=None), "wrong_type"),
+    (ev(event_time="yesterday"), "wrong_type"),
+    (ev(n="5"), "wrong_type"),
+    (ev(n=1.5), "wrong_type"),
+    (ev(n=True), "wrong_type"),
+    (ev(n=2**70), "wrong_type"),
+    (ev(flag=1), "wrong_type"),
+    (ev(x=None), "null_not_allowed"),
+    (ev(n=-1), "out_of_range"),
+    (ev(n=101), "out_of_range"),
+    (ev(c="z"), "not_allowed"),
+    (ev(x=float("nan")), "not_finite"),
+    (ev(x=float("inf")), "not_finite"),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+    (b'{"a": "' + b"x" * (2 << 20) + b'"}', "too_large"),
+])
+def test_each_kind_of_bad_record_is_a_dead_letter(payload: bytes, code: str) -> None:
+    """A bad record is kept byte for byte in a dead letter whose reason starts with a fixed code."""
+    batch = validate_events(FS, "user_id", [payload, ev(event_id="ok")], NOW)
+    assert batch.rows["event_id"].to_pylist() == ["ok"]
+    (dead,) = batch.dead
+    assert dead.code == code and dead.payload == payload and dead.index == 0
+
+
+def test_duplicate_event_ids_keep_the_first() -> None:
+    """Within a batch the first event with an id wins; the others are dead letters."""
+    batch = validate_events(FS, "user_id", [ev(x=1.0), ev(x=2.0)], NOW)
+    assert batch.rows["x"].to_pylist() == [1.0]
+    assert [d.code for d in batch.dead] == ["duplicate_event_id"]
+
+
+def test_nulls_and_unknown_fields_are_accepted() -> None:
+    """Missing nullable features are null; fields the set does not declare are ignored."""
+    batch = validate_events(FS, "user_id", [ev(surprise=[1, 2], c=None)], NOW)
+    assert batch.dead == [] and batch.rows.to_pylist()[0]["c"] is None
+
+
+def test_an_empty_batch_is_an_empty_table() -> None:
+    """No events, no rows, no dead letters, and the schema is still right."""
+    batch = validate_events(FS, "user_id", [], NOW)
+    assert batch.rows.num_rows == 0 and "seen" in batch.rows.column_names
