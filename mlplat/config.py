@@ -174,6 +174,9 @@ class IngestSettings(_Section):
     batch_size: int = Field(5000, ge=1, description="events closing a batch")
     batch_wait_ms: float = Field(200.0, gt=0, description="time closing a batch that is not full")
     dead_letter_topic: str = Field("mlplat.deadletters", description="where rejected events are published")
+    spool_dir: Path = Field(Path("./.mlplat/spool"), description="where uploads are written before parsing")
+    max_upload_bytes: int = Field(64 << 30, ge=1, description="largest file one upload may send")
+    partition_bytes: int = Field(32 << 20, ge=1024, description="bytes of a file one worker parses at a time")
 
 
 class LoggingSettings(_Section):

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 
 from mlplat import __version__
 from mlplat.api.admin import AdminServicer
+from mlplat.api.ingest import IngestServicer
 from mlplat.api.server import ApiServer
-from mlplat.api.v1 import admin_pb2, admin_pb2_grpc
+from mlplat.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
 from mlplat.backends.bus import EventBus, open_bus
 from mlplat.backends.hotstore import HotStore, open_hot_store
@@ -23,6 +24,7 @@ from mlplat.config import Settings
 from mlplat.errors import BackendUnavailable
 from mlplat.features.definitions import load_catalog
 from mlplat.features.registry import FeatureRegistry, FeatureRegistryService
+from mlplat.ingest.batch import BatchIngest
 from mlplat.ingest.stream import StreamIngest
 from mlplat.observability.health import Readiness
 from mlplat.observability.http import HttpServer
@@ -63,23 +65,31 @@ class Daemon:
             "artifacts": self.artifacts.url,
             "warehouse": redact_url(settings.warehouse.url),
         }
+        self.balancer = Balancer(settings.balancer, self.metrics)
+        catalog = load_catalog(settings.ingest.features_file) if settings.ingest.features_file else None
+        self.features = FeatureRegistry(self.warehouse, self.hot_store)
+        self.ingest = StreamIngest(settings.ingest, self.bus, self.hot_store, self.warehouse, self.features,
+                                   self.balancer, self.metrics)
         admin = AdminServicer(self.warehouse, self.readiness, self.metrics, self.backends)
+        self.batch = BatchIngest(
+            self.warehouse, self.hot_store, self.features, self.balancer, self.metrics,
+            partition_bytes=settings.ingest.partition_bytes, parallel=settings.balancer.max_python_workers,
+        )
+        ingest = IngestServicer(self.batch, self.metrics, spool_dir=settings.ingest.spool_dir,
+                                max_bytes=settings.ingest.max_upload_bytes)
         self.api = ApiServer(
             settings.api,
             self.readiness,
             [(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-              lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server))],
+              lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)),
+             (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+              lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server))],
         )
         self.http = HttpServer(settings.api, self.metrics, self.readiness)
         self.monitor = BackendMonitor(
             {"hot_store": self.hot_store.ping, "bus": self.bus.ping, "artifacts": self.artifacts.ping},
             self.readiness, self.metrics, interval_s=settings.supervisor.health_interval_s,
         )
-        self.balancer = Balancer(settings.balancer, self.metrics)
-        catalog = load_catalog(settings.ingest.features_file) if settings.ingest.features_file else None
-        self.features = FeatureRegistry(self.warehouse, self.hot_store)
-        self.ingest = StreamIngest(settings.ingest, self.bus, self.hot_store, self.warehouse, self.features,
-                                   self.balancer, self.metrics)
         # started in this order, stopped in reverse: the API stops taking work first, the writer flushes last
         self.supervisor = Supervisor(
             [self.http, self.warehouse,

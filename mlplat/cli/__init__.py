@@ -12,6 +12,7 @@ import typer
 from mlplat import __version__
 from mlplat.cli.bench import bench_app
 from mlplat.cli.client import query_command, status_command
+from mlplat.cli.ingest import ingest_command
 from mlplat.errors import ConfigError, MlplatError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.command("query")(query_command)
 app.command("status")(status_command)
+app.command("ingest")(ingest_command)
 
 ConfigOption = Annotated[
     Path | None,

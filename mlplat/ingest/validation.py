@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +91,11 @@ def _to_id(value: Any) -> str | None:
 
 
 def _to_time(value: Any) -> dt.datetime | None:
-    """ISO 8601 strings (naive means UTC) or epoch seconds/milliseconds."""
+    """ISO 8601 strings (naive means UTC), epoch seconds/milliseconds, or a datetime (Parquet)."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             return None
@@ -167,14 +169,30 @@ def _constraint_reasons(feature: Feature, column: pa.Array, reasons: np.ndarray)
 def validate_events(
     fs: FeatureSet, entity_key: str, payloads: Sequence[bytes], ingest_time: dt.datetime
 ) -> ValidatedBatch:
+    """Raw JSON records (stream messages, NDJSON lines, JSON array items)."""
     objects, parse_reasons = _parse(payloads)
-    n = len(payloads)
-    reasons = np.array(parse_reasons, dtype=object)
-    present = [o or {} for o in objects]
+    return _validate(fs, entity_key, [o or {} for o in objects], parse_reasons, lambda i: bytes(payloads[i]),
+                     ingest_time, from_text=False)
 
+
+def validate_rows(
+    fs: FeatureSet, entity_key: str, rows: list[dict[str, Any]], ingest_time: dt.datetime, *, from_text: bool
+) -> ValidatedBatch:
+    """Rows already split into fields (CSV, Parquet). from_text: values are strings to be parsed (CSV)."""
+    return _validate(fs, entity_key, rows, [None] * len(rows),
+                     lambda i: json.dumps(rows[i], default=str).encode(), ingest_time, from_text=from_text)
+
+
+def _validate(
+    fs: FeatureSet, entity_key: str, present: list[dict[str, Any]], parse_reasons: list[str | None],
+    payload_of: Callable[[int], bytes], ingest_time: dt.datetime, *, from_text: bool,
+) -> ValidatedBatch:
+    n = len(present)
+    reasons = np.array(parse_reasons, dtype=object)
+    to_time = _text_to_time if from_text else _to_time
     event_ids = [_to_id(o.get("event_id")) for o in present]
     entities = [_to_id(o.get(entity_key)) for o in present]
-    times = [_to_time(o.get("event_time")) for o in present]
+    times = [to_time(o.get("event_time")) for o in present]
     for i in range(n):
         if reasons[i] is not None:
             continue
@@ -188,7 +206,7 @@ def validate_events(
     columns: dict[str, pa.Array] = {}
     for feature in fs.features:
         raw = [o.get(feature.name) for o in present]
-        column, wrong = _coerce(feature, raw)
+        column, wrong = _coerce_text(feature, raw) if from_text else _coerce(feature, raw)
         for i in map(int, np.flatnonzero(wrong & (reasons == None))):  # noqa: E711
             reasons[i] = f"wrong_type: {feature.name}={raw[i]!r} is not {feature.type}"
         _constraint_reasons(feature, column, reasons)
@@ -215,8 +233,57 @@ def validate_events(
         },
         schema=schema_for(fs).with_metadata(None),
     ).filter(keep) if n else schema_for(fs).empty_table()
-    dead = [DeadLetter(i, bytes(payloads[i]), str(reasons[i]), event_ids[i]) for i in map(int, np.flatnonzero(~ok))]
+    dead = [DeadLetter(i, payload_of(i), str(reasons[i]), event_ids[i]) for i in map(int, np.flatnonzero(~ok))]
     return ValidatedBatch(table, dead)
+
+
+def _text_to_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, str):
+        try:
+            return _to_time(float(value))
+        except ValueError:
+            return _to_time(value)
+    return _to_time(value)
+
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "t"}), frozenset({"false", "0", "no", "f"})
+
+
+def _coerce_text(feature: Feature, values: list[Any]) -> tuple[pa.Array, np.ndarray]:
+    """Strings from a CSV: one vectorised cast when the column is clean, value by value when it is not."""
+    texts = [None if v in (None, "") else str(v) for v in values]
+    if feature.type == "string":
+        return pa.array(texts, pa.string()), np.zeros(len(values), dtype=bool)
+    if feature.type in ("int", "float"):
+        try:
+            return pc.cast(pa.array(texts, pa.string()), feature.arrow_type), np.zeros(len(values), dtype=bool)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    parsed: list[Any] = []
+    for t in texts:
+        parsed.append(None if t is None else _parse_text(feature, t))
+    column, wrong = _coerce(feature, [None if p is _BAD else p for p in parsed])
+    wrong |= np.array([p is _BAD for p in parsed], dtype=bool)
+    return column, wrong
+
+
+_BAD = object()
+
+
+def _parse_text(feature: Feature, text: str) -> Any:
+    try:
+        if feature.type == "int":
+            return int(text)
+        if feature.type == "float":
+            return float(text)
+    except ValueError:
+        return _BAD
+    if feature.type == "bool":
+        lowered = text.strip().lower()
+        return True if lowered in _TRUE else False if lowered in _FALSE else _BAD
+    if feature.type == "timestamp":
+        return _text_to_time(text) or _BAD
+    return text
 
 
 def _missing(obj: dict[str, Any], name: str, expected: str) -> str:

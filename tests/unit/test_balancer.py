@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import AsyncIterator
 
@@ -102,11 +103,12 @@ async def test_without_a_spare_training_is_cancelled_requeued_and_rerun(balancer
 
 
 @pytest.mark.parametrize("balancer", [{"max_python_workers": 2, "spare_workers": 0}], indirect=True)
-async def test_a_killed_worker_fails_only_its_job(balancer: Balancer) -> None:
-    """A worker process killed mid-job fails that job clearly; other jobs and later jobs succeed."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT])
+async def test_a_dying_worker_fails_only_its_job(balancer: Balancer, sig: int) -> None:
+    """A worker killed, segfaulting or aborting mid-job fails that job clearly; other and later jobs succeed."""
     other = asyncio.ensure_future(balancer.run(sleep_then, 0.5, 42, priority=Priority.SERVE, lane=Lane.PROCESS))
     with pytest.raises(WorkerDied, match="died"):
-        await balancer.run(die, priority=Priority.SERVE, lane=Lane.PROCESS)
+        await balancer.run(die, sig, priority=Priority.SERVE, lane=Lane.PROCESS)
     assert await other == 42
     for _ in range(3):
         assert await balancer.run(sleep_then, 0, 1, priority=Priority.SERVE, lane=Lane.PROCESS) == 1

@@ -1,0 +1,94 @@
+"""IngestService: the client-streaming Upload RPC. Spools to disk in chunks, then hands the file over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from mlplat.api.errors import rpc_errors
+from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
+from mlplat.errors import Overloaded
+from mlplat.ingest.batch import BatchIngest
+from mlplat.ingest.files import FileFormatError
+from mlplat.observability.metrics import Metrics
+
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, batch: BatchIngest, metrics: Metrics, *, spool_dir: Path, max_bytes: int) -> None:
+        self._batch = batch
+        self._metrics = metrics
+        self._spool_dir = spool_dir
+        self._max_bytes = max_bytes
+
+    async def Upload(
+        self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest], context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.UploadResponse:
+        async with rpc_errors(context, "Upload", self._metrics):
+            header = await self._header(request_iterator)
+            upload_id = header.upload_id or uuid.uuid4().hex
+            spool = await self._spool(request_iterator, upload_id, header.size)
+            try:
+                summary = await self._batch.ingest_file(
+                    spool, header.feature_set, upload_id=upload_id, fmt=header.format or _fmt_of(header.filename)
+                )
+            except FileFormatError as e:
+                raise ValueError(str(e)) from None
+            finally:
+                with contextlib.suppress(OSError):
+                    spool.unlink()
+        return ingest_pb2.UploadResponse(
+            upload_id=summary.upload_id, rows_accepted=summary.rows_accepted, rows_rejected=summary.rows_rejected,
+            first_reasons=summary.first_reasons, seconds=summary.seconds, partitions=summary.partitions,
+            bytes=summary.bytes, format=summary.format,
+        )
+
+    async def _header(self, requests: AsyncIterator[ingest_pb2.UploadRequest]) -> ingest_pb2.UploadHeader:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise ValueError("the first Upload message must carry the header (feature_set, format, upload_id)")
+        header = first.header
+        if not header.feature_set:
+            raise ValueError("header.feature_set is required")
+        if header.upload_id and not _UPLOAD_ID.match(header.upload_id):
+            raise ValueError("header.upload_id may hold only letters, digits and _.:- (at most 128)")
+        return header
+
+    async def _spool(self, requests: AsyncIterator[ingest_pb2.UploadRequest], upload_id: str, size: int) -> Path:
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self._spool_dir / f"{upload_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+        received = 0
+        f = await asyncio.to_thread(path.open, "wb")
+        try:
+            async for message in requests:
+                if message.WhichOneof("part") != "chunk":
+                    raise ValueError("only one header per upload; later messages must carry chunks")
+                received += len(message.chunk)
+                if received > self._max_bytes:
+                    raise Overloaded(f"upload exceeds ingest.max_upload_bytes ({self._max_bytes} bytes)")
+                await asyncio.to_thread(f.write, message.chunk)
+            await asyncio.to_thread(f.flush)
+        except BaseException:
+            f.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        f.close()
+        if size and received != size:
+            path.unlink()
+            raise ValueError(f"upload ended after {received} of {size} bytes (truncated); nothing was ingested")
+        return path
+
+
+def _fmt_of(filename: str) -> str | None:
+    from mlplat.ingest.files import EXTENSIONS
+
+    return EXTENSIONS.get(Path(filename).suffix.lower()) if filename else None
