@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 
 from mlplat import __version__
 from mlplat.api.admin import AdminServicer
+from mlplat.api.features import FeatureServicer
 from mlplat.api.ingest import IngestServicer
 from mlplat.api.server import ApiServer
-from mlplat.api.v1 import admin_pb2, admin_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from mlplat.api.v1 import admin_pb2, admin_pb2_grpc, features_pb2, features_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
 from mlplat.backends.bus import EventBus, open_bus
 from mlplat.backends.hotstore import HotStore, open_hot_store
@@ -75,15 +76,18 @@ class Daemon:
             self.warehouse, self.hot_store, self.features, self.balancer, self.metrics,
             partition_bytes=settings.ingest.partition_bytes, parallel=settings.balancer.max_python_workers,
         )
-        ingest = IngestServicer(self.batch, self.metrics, spool_dir=settings.ingest.spool_dir,
-                                max_bytes=settings.ingest.max_upload_bytes)
+        ingest = IngestServicer(self.batch, self.bus, self.features, self.metrics,
+                                spool_dir=settings.ingest.spool_dir, max_bytes=settings.ingest.max_upload_bytes)
+        features = FeatureServicer(self.features, self.hot_store, self.warehouse, self.metrics)
         self.api = ApiServer(
             settings.api,
             self.readiness,
             [(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
               lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)),
              (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
-              lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server))],
+              lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)),
+             (features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
+              lambda server: features_pb2_grpc.add_FeatureServiceServicer_to_server(features, server))],
         )
         self.http = HttpServer(settings.api, self.metrics, self.readiness)
         self.monitor = BackendMonitor(

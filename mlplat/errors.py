@@ -8,6 +8,7 @@
     ├── WarehouseError           a write or read against DuckDB failed
     │   └── QueryRejected        a user query is not allowed (see warehouse/query_guard.py)
     │       └── QueryForbidden   ... because it reaches outside the warehouse
+    ├── IncompatibleChange       a definition change that would break stored data
     └── Overloaded               a bounded queue is full; retry later
 """
 
@@ -44,6 +45,10 @@ class QueryRejected(WarehouseError):
 
 class QueryForbidden(QueryRejected):
     """A read-only query tried to reach files, other databases or settings."""
+
+
+class IncompatibleChange(MlplatError):
+    """A definition change that would break stored data or consumers (e.g. a feature removed or retyped)."""
 
 
 class Overloaded(MlplatError):

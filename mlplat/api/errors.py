@@ -10,6 +10,7 @@ import grpc
 from mlplat.errors import (
     BackendUnavailable,
     ConfigError,
+    IncompatibleChange,
     MlplatError,
     NotFound,
     Overloaded,
@@ -28,6 +29,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (IncompatibleChange, grpc.StatusCode.FAILED_PRECONDITION),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (MlplatError, grpc.StatusCode.INTERNAL),
 )

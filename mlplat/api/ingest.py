@@ -14,17 +14,25 @@ import grpc
 
 from mlplat.api.errors import rpc_errors
 from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
+from mlplat.backends.bus import EventBus
 from mlplat.errors import Overloaded
+from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.batch import BatchIngest
 from mlplat.ingest.files import FileFormatError
 from mlplat.observability.metrics import Metrics
 
+PUBLISH_BATCH = 1000
 _UPLOAD_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, batch: BatchIngest, metrics: Metrics, *, spool_dir: Path, max_bytes: int) -> None:
+    def __init__(
+        self, batch: BatchIngest, bus: EventBus, registry: FeatureRegistry, metrics: Metrics, *, spool_dir: Path,
+        max_bytes: int,
+    ) -> None:
         self._batch = batch
+        self._bus = bus
+        self._registry = registry
         self._metrics = metrics
         self._spool_dir = spool_dir
         self._max_bytes = max_bytes
@@ -50,6 +58,28 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             first_reasons=summary.first_reasons, seconds=summary.seconds, partitions=summary.partitions,
             bytes=summary.bytes, format=summary.format,
         )
+
+    async def Publish(
+        self, request_iterator: AsyncIterator[ingest_pb2.PublishRequest], context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.PublishResponse:
+        published = 0
+        async with rpc_errors(context, "Publish", self._metrics):
+            pending: dict[str, list[tuple[bytes | None, bytes]]] = {}
+            async for message in request_iterator:
+                topic = self._registry.get(message.feature_set).topic
+                pending.setdefault(topic, []).append((message.key or None, message.payload))
+                if sum(len(v) for v in pending.values()) >= PUBLISH_BATCH:
+                    published += await self._flush(pending)
+            published += await self._flush(pending)
+        return ingest_pb2.PublishResponse(published=published)
+
+    async def _flush(self, pending: dict[str, list[tuple[bytes | None, bytes]]]) -> int:
+        count = 0
+        for topic, items in pending.items():
+            await self._bus.publish_many(topic, items)
+            count += len(items)
+        pending.clear()
+        return count
 
     async def _header(self, requests: AsyncIterator[ingest_pb2.UploadRequest]) -> ingest_pb2.UploadHeader:
         first = await anext(aiter(requests), None)

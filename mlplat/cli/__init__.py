@@ -12,6 +12,7 @@ import typer
 from mlplat import __version__
 from mlplat.cli.bench import bench_app
 from mlplat.cli.client import query_command, status_command
+from mlplat.cli.generate import generate_app
 from mlplat.cli.ingest import ingest_command
 from mlplat.errors import ConfigError, MlplatError
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+app.add_typer(generate_app, name="generate")
 app.command("query")(query_command)
 app.command("status")(status_command)
 app.command("ingest")(ingest_command)

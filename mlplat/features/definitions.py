@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from mlplat.errors import ConfigError, MlplatError
+from mlplat.errors import ConfigError, IncompatibleChange
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 FeatureType = Literal["float", "int", "bool", "string", "timestamp"]
@@ -27,10 +27,6 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
 RESERVED = frozenset({"event_id", "event_time", "ingest_time", "entity_id"})
-
-
-class IncompatibleChange(MlplatError):
-    """A feature set change that would break stored data or consumers."""
 
 
 class _Model(BaseModel):

@@ -79,7 +79,7 @@ def _line_ranges(path: Path, target_bytes: int, skip_header: bool) -> list[Parti
     return ranges
 
 
-def plan_partitions(path: Path, fmt: str, target_bytes: int = 32 << 20) -> list[Partition]:
+def plan_partitions(path: Path, fmt: str, target_bytes: int = 32 << 20, block: int = 8 << 20) -> list[Partition]:
     if fmt in ("ndjson", "csv"):
         return _line_ranges(path, target_bytes, skip_header=fmt == "csv")
     if fmt == "parquet":
@@ -88,7 +88,7 @@ def plan_partitions(path: Path, fmt: str, target_bytes: int = 32 << 20) -> list[
         except (pa.ArrowInvalid, OSError) as e:
             raise FileFormatError(f"{path.name}: unreadable Parquet: {e}") from None
         return [Partition(i, i, i + 1) for i in range(groups)]
-    return _json_ranges(path, target_bytes)
+    return _json_ranges(path, target_bytes, block)
 
 
 _WHITESPACE = frozenset(b" \n\r\t")
@@ -147,11 +147,10 @@ def _array_body(path: Path) -> tuple[int, int]:
     return start, end
 
 
-def _json_ranges(path: Path, target_bytes: int) -> list[Partition]:
+def _json_ranges(path: Path, target_bytes: int, block: int = 8 << 20) -> list[Partition]:
     """Cut the array body at item boundaries, reading it one block at a time."""
     body_start, body_end = _array_body(path)
     ranges: list[Partition] = []
-    block = 8 << 20
     with path.open("rb") as f:
         part_start = body_start
         position = body_start

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mlplat.errors import ConfigError
-from mlplat.features.definitions import FeatureSet, IncompatibleChange, catalog_from_dict, load_catalog
+from mlplat.errors import ConfigError, IncompatibleChange
+from mlplat.features.definitions import FeatureSet, catalog_from_dict, load_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlplat/v1/ingest.proto\x12\tmlplat.v1\"f\n\x0cUploadHeader\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x11\n\tupload_id\x18\x03 \x01(\t\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\"S\n\rUploadRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.mlplat.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xac\x01\n\x0eUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x15\n\rrows_accepted\x18\x02 \x01(\x04\x12\x15\n\rrows_rejected\x18\x03 \x01(\x04\x12\x15\n\rfirst_reasons\x18\x04 \x03(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x12\n\npartitions\x18\x06 \x01(\r\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x0e\n\x06\x66ormat\x18\x08 \x01(\t2P\n\rIngestService\x12?\n\x06Upload\x12\x18.mlplat.v1.UploadRequest\x1a\x19.mlplat.v1.UploadResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlplat/v1/ingest.proto\x12\tmlplat.v1\"C\n\x0ePublishRequest\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"$\n\x0fPublishResponse\x12\x11\n\tpublished\x18\x01 \x01(\x04\"f\n\x0cUploadHeader\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x11\n\tupload_id\x18\x03 \x01(\t\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\"S\n\rUploadRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.mlplat.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xac\x01\n\x0eUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x15\n\rrows_accepted\x18\x02 \x01(\x04\x12\x15\n\rrows_rejected\x18\x03 \x01(\x04\x12\x15\n\rfirst_reasons\x18\x04 \x03(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x12\n\npartitions\x18\x06 \x01(\r\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x0e\n\x06\x66ormat\x18\x08 \x01(\t2\x94\x01\n\rIngestService\x12?\n\x06Upload\x12\x18.mlplat.v1.UploadRequest\x1a\x19.mlplat.v1.UploadResponse(\x01\x12\x42\n\x07Publish\x12\x19.mlplat.v1.PublishRequest\x1a\x1a.mlplat.v1.PublishResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlplat.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPLOADHEADER']._serialized_start=37
-  _globals['_UPLOADHEADER']._serialized_end=139
-  _globals['_UPLOADREQUEST']._serialized_start=141
-  _globals['_UPLOADREQUEST']._serialized_end=224
-  _globals['_UPLOADRESPONSE']._serialized_start=227
-  _globals['_UPLOADRESPONSE']._serialized_end=399
-  _globals['_INGESTSERVICE']._serialized_start=401
-  _globals['_INGESTSERVICE']._serialized_end=481
+  _globals['_PUBLISHREQUEST']._serialized_start=37
+  _globals['_PUBLISHREQUEST']._serialized_end=104
+  _globals['_PUBLISHRESPONSE']._serialized_start=106
+  _globals['_PUBLISHRESPONSE']._serialized_end=142
+  _globals['_UPLOADHEADER']._serialized_start=144
+  _globals['_UPLOADHEADER']._serialized_end=246
+  _globals['_UPLOADREQUEST']._serialized_start=248
+  _globals['_UPLOADREQUEST']._serialized_end=331
+  _globals['_UPLOADRESPONSE']._serialized_start=334
+  _globals['_UPLOADRESPONSE']._serialized_end=506
+  _globals['_INGESTSERVICE']._serialized_start=509
+  _globals['_INGESTSERVICE']._serialized_end=657
 # @@protoc_insertion_point(module_scope)

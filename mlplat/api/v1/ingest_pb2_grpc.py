@@ -40,6 +40,11 @@ class IngestServiceStub:
                 request_serializer=mlplat_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
                 response_deserializer=mlplat_dot_v1_dot_ingest__pb2.UploadResponse.FromString,
                 _registered_method=True)
+        self.Publish = channel.stream_unary(
+                '/mlplat.v1.IngestService/Publish',
+                request_serializer=mlplat_dot_v1_dot_ingest__pb2.PublishRequest.SerializeToString,
+                response_deserializer=mlplat_dot_v1_dot_ingest__pb2.PublishResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -55,6 +60,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Publish(self, request_iterator, context):
+        """Client-streaming publish of raw JSON events onto the daemon's bus (the topic of each event's feature
+        set), for producers that cannot reach the bus themselves, e.g. `mlplat generate events`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +75,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.Upload,
                     request_deserializer=mlplat_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
                     response_serializer=mlplat_dot_v1_dot_ingest__pb2.UploadResponse.SerializeToString,
+            ),
+            'Publish': grpc.stream_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=mlplat_dot_v1_dot_ingest__pb2.PublishRequest.FromString,
+                    response_serializer=mlplat_dot_v1_dot_ingest__pb2.PublishResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +110,33 @@ class IngestService:
             '/mlplat.v1.IngestService/Upload',
             mlplat_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
             mlplat_dot_v1_dot_ingest__pb2.UploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlplat.v1.IngestService/Publish',
+            mlplat_dot_v1_dot_ingest__pb2.PublishRequest.SerializeToString,
+            mlplat_dot_v1_dot_ingest__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,

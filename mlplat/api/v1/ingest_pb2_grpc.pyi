@@ -38,6 +38,10 @@ class IngestServiceStub:
     bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
     answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
     """
+    Publish: _grpc.StreamUnaryMultiCallable[_ingest_pb2.PublishRequest, _ingest_pb2.PublishResponse]
+    """Client-streaming publish of raw JSON events onto the daemon's bus (the topic of each event's feature
+    set), for producers that cannot reach the bus themselves, e.g. `mlplat generate events`.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -48,6 +52,10 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """Client-streaming upload. The first message carries the header, the following ones the file's
     bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
     answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
+    """
+    Publish: _aio.StreamUnaryMultiCallable[_ingest_pb2.PublishRequest, _ingest_pb2.PublishResponse]  # type: ignore[assignment]
+    """Client-streaming publish of raw JSON events onto the daemon's bus (the topic of each event's feature
+    set), for producers that cannot reach the bus themselves, e.g. `mlplat generate events`.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -62,6 +70,16 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """Client-streaming upload. The first message carries the header, the following ones the file's
         bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
         answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
+        """
+
+    @_abc_1.abstractmethod
+    def Publish(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ingest_pb2.PublishRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.PublishResponse, _abc.Awaitable[_ingest_pb2.PublishResponse]]:
+        """Client-streaming publish of raw JSON events onto the daemon's bus (the topic of each event's feature
+        set), for producers that cannot reach the bus themselves, e.g. `mlplat generate events`.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
