@@ -59,3 +59,20 @@ def bench_balancer(
     from mlplat.bench import balancer
 
     _report(balancer.run(jobs, samples, workers, _progress(json_out)), json_out)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: Annotated[int, typer.Option(min=1000, help="Events for the streaming part.")] = 200_000,
+    rows: Annotated[int, typer.Option(min=1000, help="Rows in each file of the file part.")] = 500_000,
+    bus: Annotated[str, typer.Option(help="memory:// or kafka://host:port for the streaming part.")] = "memory://",
+    workers: Annotated[int | None, typer.Option(help="Worker processes parsing files (default: CPU count).")]
+    = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Streaming events/s vs raw consume, and file rows/s vs DuckDB's own read_* insert, per format."""
+    import os
+
+    from mlplat.bench import ingest
+
+    _report(ingest.run(events, rows, bus, workers or os.cpu_count() or 2, _progress(json_out)), json_out)

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mlplat.features.definitions import FeatureSet
-from mlplat.ingest.validation import ValidatedBatch, validate_events, validate_rows
+from mlplat.ingest.validation import ValidatedBatch, validate_events, validate_table
 
 FORMATS = ("ndjson", "json", "csv", "parquet")
 EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json", ".csv": "csv", ".parquet": "parquet",
@@ -180,11 +180,10 @@ def _csv_header(path: Path) -> list[str]:
         return next(csv.reader(f), [])
 
 
-def read_partition(path: Path, fmt: str, part: Partition) -> tuple[str, list[bytes] | list[dict[str, object]]]:
-    """('json', payloads) for JSON formats, ('rows'|'text', dicts) for Parquet and CSV."""
+def read_partition(path: Path, fmt: str, part: Partition) -> tuple[str, list[bytes] | pa.Table]:
+    """('json', payloads) for JSON formats, ('table'|'text', Arrow table) for Parquet and CSV."""
     if fmt == "parquet":
-        table = pq.ParquetFile(path).read_row_groups(list(range(part.start, part.end)))
-        return "rows", table.to_pylist()
+        return "table", pq.ParquetFile(path).read_row_groups(list(range(part.start, part.end)))
     with path.open("rb") as f:
         f.seek(part.start)
         data = f.read(part.end - part.start)
@@ -199,7 +198,7 @@ def read_partition(path: Path, fmt: str, part: Partition) -> tuple[str, list[byt
         table = pacsv.read_csv(io.BytesIO(data), read_options=options, convert_options=convert)
     except pa.ArrowInvalid as e:
         raise FileFormatError(f"{path.name}: bad CSV in bytes {part.start}-{part.end}: {e}") from None
-    return "text", table.to_pylist()
+    return "text", table
 
 
 def ingest_partition(
@@ -208,8 +207,8 @@ def ingest_partition(
     """Run in a worker process: read one partition and validate it."""
     fs = FeatureSet.model_validate_json(fs_json)
     kind, records = read_partition(Path(path), fmt, part)
-    if kind == "json":
-        return validate_events(fs, entity_key, records, ingest_time)  # type: ignore[arg-type]
-    return validate_rows(fs, entity_key, records, ingest_time, from_text=kind == "text")  # type: ignore[arg-type]
+    if isinstance(records, pa.Table):
+        return validate_table(fs, entity_key, records, ingest_time, from_text=kind == "text")
+    return validate_events(fs, entity_key, records, ingest_time)
 
 

@@ -154,9 +154,9 @@ class StreamIngest:
             latest.append((fs, validated.rows))
             dead_out.extend(letters)
             self._count(fs.name, validated.rows.num_rows, validated.dead)
-        await asyncio.gather(*writes)
-        for fs, rows in latest:
-            await self._update_hot_store(fs, rows)
+        # the hot store is updated while the warehouse commits: a replay after a failed commit rewrites the
+        # same values (newer-only), so running both at once never shows anything the warehouse will not have
+        await asyncio.gather(*writes, *(self._update_hot_store(fs, rows) for fs, rows in latest))
         await self._publish_dead_letters(dead_out)
         assert self._consumer is not None
         await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})

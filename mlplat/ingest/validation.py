@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,6 +29,7 @@ REASONS = (
 )
 MAX_RECORD_BYTES = 1 << 20
 UTC = dt.UTC
+_TS = pa.timestamp("us", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def _parse(payloads: Sequence[bytes]) -> tuple[list[dict[str, Any] | None], list
             reasons.append(f"too_large: {len(raw)} bytes (limit {MAX_RECORD_BYTES})")
             continue
         try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError) as e:
+            obj = orjson.loads(raw)
+        except (orjson.JSONDecodeError, RecursionError) as e:
             objects.append(None)
             reasons.append(f"invalid_json: {str(e)[:120]}")
             continue
@@ -118,8 +120,34 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+def _inferred_fits(feature: Feature, inferred: pa.DataType) -> bool:
+    if pa.types.is_null(inferred):
+        return True
+    fits = {
+        "int": pa.types.is_integer, "float": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+        "bool": pa.types.is_boolean, "string": pa.types.is_string, "timestamp": pa.types.is_string,
+    }[feature.type]
+    return bool(fits(inferred))
+
+
+def _fast_coerce(feature: Feature, values: list[Any]) -> pa.Array | None:
+    """One C-level conversion when every value already has the right JSON type; None means look closer."""
+    try:
+        inferred = pa.array(values)
+        if not _inferred_fits(feature, inferred.type):
+            return None
+        if feature.type == "timestamp" and not pa.types.is_null(inferred.type):
+            return pc.cast(inferred, _TS)
+        return pc.cast(inferred, feature.arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        return None
+
+
 def _coerce(feature: Feature, values: list[Any]) -> tuple[pa.Array, np.ndarray]:
     """The typed column and a mask of rows whose value could not be coerced (wrong type)."""
+    fast = _fast_coerce(feature, values)
+    if fast is not None:
+        return fast, np.zeros(len(values), dtype=bool)
     bad = np.zeros(len(values), dtype=bool)
     if feature.type == "timestamp":
         out: list[dt.datetime | None] = []
@@ -175,33 +203,21 @@ def validate_events(
                      ingest_time, from_text=False)
 
 
-def validate_rows(
-    fs: FeatureSet, entity_key: str, rows: list[dict[str, Any]], ingest_time: dt.datetime, *, from_text: bool
-) -> ValidatedBatch:
-    """Rows already split into fields (CSV, Parquet). from_text: values are strings to be parsed (CSV)."""
-    return _validate(fs, entity_key, rows, [None] * len(rows),
-                     lambda i: json.dumps(rows[i], default=str).encode(), ingest_time, from_text=from_text)
-
-
 def _validate(
     fs: FeatureSet, entity_key: str, present: list[dict[str, Any]], parse_reasons: list[str | None],
     payload_of: Callable[[int], bytes], ingest_time: dt.datetime, *, from_text: bool,
 ) -> ValidatedBatch:
     n = len(present)
     reasons = np.array(parse_reasons, dtype=object)
-    to_time = _text_to_time if from_text else _to_time
-    event_ids = [_to_id(o.get("event_id")) for o in present]
-    entities = [_to_id(o.get(entity_key)) for o in present]
-    times = [to_time(o.get("event_time")) for o in present]
-    for i in range(n):
-        if reasons[i] is not None:
-            continue
-        if event_ids[i] is None:
-            reasons[i] = _missing(present[i], "event_id", "a non-empty string or integer")
-        elif entities[i] is None:
-            reasons[i] = _missing(present[i], entity_key, "a non-empty string or integer")
-        elif times[i] is None:
-            reasons[i] = _missing(present[i], "event_time", "ISO 8601 or epoch seconds/milliseconds")
+    event_ids = _ids([o.get("event_id") for o in present])
+    entities = _ids([o.get(entity_key) for o in present])
+    times = _times([o.get("event_time") for o in present], from_text)
+    for column, name, expected in ((event_ids, "event_id", "a non-empty string or integer"),
+                                   (entities, entity_key, "a non-empty string or integer"),
+                                   (times, "event_time", "ISO 8601 or epoch seconds/milliseconds")):
+        missing = np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
+        for i in map(int, np.flatnonzero(missing & (reasons == None))):  # noqa: E711
+            reasons[i] = _missing(present[i], name, expected)
 
     columns: dict[str, pa.Array] = {}
     for feature in fs.features:
@@ -211,30 +227,45 @@ def _validate(
             reasons[i] = f"wrong_type: {feature.name}={raw[i]!r} is not {feature.type}"
         _constraint_reasons(feature, column, reasons)
         columns[feature.name] = column
-
-    seen: set[str] = set()
-    for i in range(n):
-        if reasons[i] is None:
-            eid = event_ids[i]
-            assert eid is not None
-            if eid in seen:
-                reasons[i] = f"duplicate_event_id: {eid!r} appears twice in one batch"
-            seen.add(eid)
+    _flag_duplicates(event_ids, reasons)
 
     ok = np.array([r is None for r in reasons], dtype=bool)
-    keep = pa.array(ok)
+    if not n:
+        return ValidatedBatch(schema_for(fs).empty_table(), [])
+    ingest_us = np.full(n, int(ingest_time.timestamp() * 1e6), dtype=np.int64)
     table = pa.table(
-        {
-            "event_id": pa.array(event_ids, pa.string()),
-            "entity_id": pa.array(entities, pa.string()),
-            "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
-            "ingest_time": pa.array([ingest_time] * n, pa.timestamp("us", tz="UTC")),
-            **columns,
-        },
-        schema=schema_for(fs).with_metadata(None),
-    ).filter(keep) if n else schema_for(fs).empty_table()
-    dead = [DeadLetter(i, payload_of(i), str(reasons[i]), event_ids[i]) for i in map(int, np.flatnonzero(~ok))]
+        {"event_id": event_ids, "entity_id": entities, "event_time": times,
+         "ingest_time": pa.array(ingest_us).cast(_TS), **columns},
+        schema=schema_for(fs),
+    ).filter(pa.array(ok))
+    dead = [DeadLetter(i, payload_of(i), str(reasons[i]), event_ids[i].as_py())
+            for i in map(int, np.flatnonzero(~ok))]
     return ValidatedBatch(table, dead)
+
+
+def _ids(raw: list[Any]) -> pa.Array:
+    """Ids as a string column (null where missing or invalid); one C-level pass in the common case."""
+    try:
+        arr = pa.array(raw)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([_to_id(v) for v in raw], pa.string())
+    if pa.types.is_string(arr.type):
+        return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    if pa.types.is_integer(arr.type) or pa.types.is_null(arr.type):
+        return pc.cast(arr, pa.string())
+    return pa.array([_to_id(v) for v in raw], pa.string())
+
+
+def _times(raw: list[Any], from_text: bool) -> pa.Array:
+    """Event times; ISO strings with an offset convert in one C-level cast, anything else value by value."""
+    convert = _text_to_time if from_text else _to_time
+    try:
+        arr = pa.array(raw)
+        if pa.types.is_string(arr.type):
+            return pc.cast(arr, _TS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        pass
+    return pa.array([convert(v) for v in raw], _TS)
 
 
 def _text_to_time(value: Any) -> dt.datetime | None:
@@ -290,3 +321,129 @@ def _missing(obj: dict[str, Any], name: str, expected: str) -> str:
     if name not in obj:
         return f"missing_field: {name}"
     return f"wrong_type: {name}={obj[name]!r} is not {expected}"
+
+
+# --- whole tables (Parquet, CSV): clean columns are cast in one call, only dirty ones go value by value ---
+
+def _id_array(column: pa.ChunkedArray | None, n: int) -> tuple[pa.Array, np.ndarray]:
+    if column is None:
+        return pa.nulls(n, pa.string()), np.ones(n, dtype=bool)
+    arr = column.combine_chunks()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    elif pa.types.is_integer(arr.type):
+        arr = pc.cast(arr, pa.string())
+    else:
+        values = [_to_id(v) for v in arr.to_pylist()]
+        arr = pa.array(values, pa.string())
+    bad = pc.fill_null(pc.or_(pc.is_null(arr), pc.equal(arr, "")), True)
+    return arr, np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _time_array(column: pa.ChunkedArray | None, n: int, from_text: bool) -> tuple[pa.Array, np.ndarray]:
+    if column is None:
+        return pa.nulls(n, _TS), np.ones(n, dtype=bool)
+    arr = column.combine_chunks()
+    try:
+        if pa.types.is_timestamp(arr.type):
+            out = pc.cast(arr if arr.type.tz else pc.assume_timezone(arr, "UTC"), _TS)
+        elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            out = pc.cast(arr, _TS)
+        else:
+            raise pa.ArrowInvalid("numbers are epoch seconds or milliseconds")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        convert = _text_to_time if from_text else _to_time
+        out = pa.array([convert(v) for v in arr.to_pylist()], _TS)
+    bad = pc.is_null(out)
+    return out, np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _castable(source: pa.DataType, target: pa.DataType, from_text: bool) -> bool:
+    text = bool(pa.types.is_string(source))
+    if source == target:
+        return True
+    if pa.types.is_timestamp(target):
+        return bool(pa.types.is_timestamp(source)) or text
+    if pa.types.is_floating(target):
+        return bool(pa.types.is_integer(source) or pa.types.is_floating(source)) or (from_text and text)
+    return from_text and text
+
+
+def _feature_array(feature: Feature, column: pa.ChunkedArray | None, n: int, from_text: bool
+                   ) -> tuple[pa.Array, np.ndarray, list[Any] | None]:
+    """(typed column, wrong-type mask, raw values when the slow path ran, for messages)."""
+    if column is None:
+        return pa.nulls(n, feature.arrow_type), np.zeros(n, dtype=bool), None
+    arr = column.combine_chunks()
+    if pa.types.is_null(arr.type):
+        return pa.nulls(n, feature.arrow_type), np.zeros(n, dtype=bool), None
+    if _castable(arr.type, feature.arrow_type, from_text):
+        try:
+            if pa.types.is_timestamp(arr.type) and not arr.type.tz:
+                arr = pc.assume_timezone(arr, "UTC")
+            return pc.cast(arr, feature.arrow_type), np.zeros(n, dtype=bool), None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    raw = arr.to_pylist()
+    typed, wrong = _coerce_text(feature, raw) if from_text else _coerce(feature, raw)
+    return typed, wrong, raw
+
+
+def validate_table(
+    fs: FeatureSet, entity_key: str, table: pa.Table, ingest_time: dt.datetime, *, from_text: bool
+) -> ValidatedBatch:
+    """Typed (Parquet) or text (CSV, from_text) columns; the same rules and reasons as validate_events."""
+    n = table.num_rows
+    names = set(table.column_names)
+
+    def column(name: str) -> pa.ChunkedArray | None:
+        return table.column(name) if name in names else None
+
+    reasons = np.full(n, None, dtype=object)
+    ids, bad_id = _id_array(column("event_id"), n)
+    entities, bad_entity = _id_array(column(entity_key), n)
+    times, bad_time = _time_array(column("event_time"), n, from_text)
+    for mask, field_name, expected in ((bad_id, "event_id", "a non-empty string or integer"),
+                                       (bad_entity, entity_key, "a non-empty string or integer"),
+                                       (bad_time, "event_time", "ISO 8601 or epoch seconds/milliseconds")):
+        for i in map(int, np.flatnonzero(mask & (reasons == None))):  # noqa: E711
+            value = None if field_name not in names else table.column(field_name)[i].as_py()
+            reasons[i] = f"missing_field: {field_name}" if value is None else \
+                f"wrong_type: {field_name}={value!r} is not {expected}"
+    columns: dict[str, pa.Array] = {}
+    for feature in fs.features:
+        typed, wrong, raw = _feature_array(feature, column(feature.name), n, from_text)
+        for i in map(int, np.flatnonzero(wrong & (reasons == None))):  # noqa: E711
+            shown = raw[i] if raw is not None else None
+            reasons[i] = f"wrong_type: {feature.name}={shown!r} is not {feature.type}"
+        _constraint_reasons(feature, typed, reasons)
+        columns[feature.name] = typed
+    _flag_duplicates(ids, reasons)
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    result = pa.table(
+        {"event_id": ids, "entity_id": entities, "event_time": times,
+         "ingest_time": pa.array(np.full(n, int(ingest_time.timestamp() * 1e6), dtype=np.int64)).cast(_TS),
+         **columns},
+        schema=schema_for(fs),
+    ).filter(pa.array(ok))
+    bad_rows = np.flatnonzero(~ok)
+    originals = table.take(pa.array(bad_rows, pa.int64())).to_pylist() if len(bad_rows) else []
+    id_values = ids.take(pa.array(bad_rows, pa.int64())).to_pylist() if len(bad_rows) else []
+    dead = [DeadLetter(int(i), json.dumps(row, default=str).encode(), str(reasons[i]), eid)
+            for i, row, eid in zip(bad_rows, originals, id_values, strict=True)]
+    return ValidatedBatch(result, dead)
+
+
+def _flag_duplicates(ids: pa.Array, reasons: np.ndarray) -> None:
+    """Keep the first row of each event id among rows still valid; the rest are duplicates."""
+    valid = np.flatnonzero(reasons == None)  # noqa: E711
+    if len(valid) < 2:
+        return
+    candidates = pa.table({"id": ids.take(pa.array(valid, pa.int64())), "row": pa.array(valid, pa.int64())})
+    firsts = candidates.group_by("id", use_threads=False).aggregate([("row", "min"), ("row", "count")])
+    if pc.max(firsts["row_count"]).as_py() <= 1:
+        return
+    keep = set(firsts["row_min"].to_pylist())
+    for i in valid:
+        if int(i) not in keep:
+            reasons[i] = f"duplicate_event_id: {ids[int(i)].as_py()!r} appears twice in one batch"

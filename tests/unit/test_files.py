@@ -17,7 +17,7 @@ def records(path: Path, fmt: str, target: int, block: int = 8 << 20) -> list[obj
     out: list[object] = []
     for part in plan_partitions(path, fmt, target, block):
         kind, items = read_partition(path, fmt, part)
-        out += [json.loads(i) for i in items] if kind == "json" else items  # type: ignore[arg-type]
+        out += [json.loads(i) for i in items] if kind == "json" else items.to_pylist()  # type: ignore[union-attr]
     return out
 
 
