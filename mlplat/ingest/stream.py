@@ -35,6 +35,7 @@ from mlplat.observability.metrics import Metrics
 from mlplat.warehouse import ArrowWrite, Warehouse
 
 log = get_logger("ingest")
+LAG_REPORT_S = 5.0
 
 DEAD_LETTER_SCHEMA = pa.schema([
     ("source_key", pa.string()), ("received_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
@@ -91,7 +92,11 @@ class StreamIngest:
         if self._consumer is None:
             await asyncio.Event().wait()
         backoff = 0.2
+        next_lag_report = 0.0
         while True:
+            if time.monotonic() >= next_lag_report:
+                await self._report_lag()
+                next_lag_report = time.monotonic() + LAG_REPORT_S
             batch = await self._collect()
             if not batch:
                 continue
@@ -161,6 +166,21 @@ class StreamIngest:
         assert self._consumer is not None
         await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         self._observe(batch, latest, started)
+
+    async def _report_lag(self) -> None:
+        """Events on the bus not yet committed by this group, per partition this member owns."""
+        if self._consumer is None:
+            return
+        tps = sorted(self._consumer.assignment())
+        if not tps:
+            return
+        try:
+            ends = await self._bus.end_offsets(tps)
+            for tp in tps:
+                committed = await self._consumer.committed(tp) or 0
+                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(ends[tp] - committed, 0))
+        except MlplatError as e:  # lag is for dashboards; never let it stop ingest
+            log.debug("lag_unavailable", error=str(e))
 
     async def _update_hot_store(self, fs: FeatureSet, rows: pa.Table) -> None:
         try:

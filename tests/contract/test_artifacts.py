@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
+from mlplat.backends.artifacts import ArtifactInfo, ArtifactStore, open_artifact_store
 from mlplat.errors import NotFound
 
 
@@ -18,62 +19,155 @@ async def artifact_store(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
     if request.param == "file":
         store = open_artifact_store(f"file://{tmp_path / 'artifacts'}")
     else:
-        conn = request.getfixturevalue("azure_connection_string")
-        store = open_artifact_store(f"azure://t{request.getfixturevalue('unique_name')}", connection_string=conn)
+        conn: str = request.getfixturevalue("azure_connection_string")
+        container = f"t{request.getfixturevalue('unique_name')}"
+        store = open_artifact_store(f"azure://{container}", connection_string=conn)
     await store.connect()
     yield store
     await store.aclose()
 
 
-@pytest.mark.parametrize("size", [0, 1, 5 * 1024 * 1024 + 7])
-async def test_put_get_round_trips_bytes_and_records_sha256(artifact_store: ArtifactStore, size: int) -> None:
-    """Arbitrary bytes come back unchanged, with hashlib's sha256 recorded."""
-    data = os.urandom(size)
-    info = await artifact_store.put("models/m/blob.bin", data)
-    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == size
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_store_satisfies_the_protocol_and_answers_ping(artifact_store: ArtifactStore) -> None:
+    """A connected store is an ArtifactStore and its ping succeeds."""
+    assert isinstance(artifact_store, ArtifactStore)
+    await artifact_store.ping()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", bytes(range(256)), os.urandom(5 * 1024 * 1024 + 7)],
+    ids=["empty", "every-byte-value", "5MB"],
+)
+async def test_put_then_get_returns_the_same_bytes(artifact_store: ArtifactStore, data: bytes) -> None:
+    """Arbitrary bytes, from empty to several megabytes, come back unchanged."""
+    await artifact_store.put("models/m/blob.bin", data)
     assert await artifact_store.get("models/m/blob.bin") == data
-    head = await artifact_store.head("models/m/blob.bin")
-    assert (head.size, head.sha256) == (size, info.sha256)
 
 
-async def test_metadata_round_trips(artifact_store: ArtifactStore) -> None:
-    """User metadata is stored beside the blob and read back by head and list."""
-    await artifact_store.put("a/x", b"1", metadata={"flavour": "skops", "created_by": "trainer"})
-    assert (await artifact_store.head("a/x")).metadata == {"flavour": "skops", "created_by": "trainer"}
+@pytest.mark.parametrize(
+    "data", [b"", b"weights", os.urandom(5 * 1024 * 1024 + 7)], ids=["empty", "small", "5MB"]
+)
+async def test_recorded_sha256_and_size_equal_hashlib(artifact_store: ArtifactStore, data: bytes) -> None:
+    """put returns, and head reads back, the size and hashlib's sha256 of the stored bytes."""
+    info = await artifact_store.put("models/m/blob.bin", data)
+    assert info == ArtifactInfo("models/m/blob.bin", len(data), sha256(data), {})
+    assert await artifact_store.head("models/m/blob.bin") == info
+
+
+async def test_keys_with_spaces_and_non_ascii_round_trip(artifact_store: ArtifactStore) -> None:
+    """Any valid key, including spaces and non-ASCII characters, addresses its artifact on every backend."""
+    key = "models/modèle v1/weights (final).bin"
+    await artifact_store.put(key, b"w")
+    assert await artifact_store.get(key) == b"w"
+    assert [i.key for i in await artifact_store.list("models/")] == [key]
+
+
+async def test_metadata_round_trips_through_put_head_and_list(artifact_store: ArtifactStore) -> None:
+    """User metadata, including values an HTTP header cannot carry verbatim, comes back exactly."""
+    metadata = {
+        "flavour": "skops", "created_by": "Zoë", "Notes": "  padded\tand 100% \n multi-line  ", "empty": "",
+    }
+    info = await artifact_store.put("a/x", b"1", metadata=metadata)
+    assert info.metadata == metadata
+    assert (await artifact_store.head("a/x")).metadata == metadata
     (listed,) = await artifact_store.list("a/")
-    assert listed.metadata == {"flavour": "skops", "created_by": "trainer"}
+    assert listed.metadata == metadata
 
 
-async def test_overwrite_replaces_content_and_hash(artifact_store: ArtifactStore) -> None:
-    """Putting the same key again replaces both the bytes and the recorded hash."""
-    await artifact_store.put("k", b"old")
-    info = await artifact_store.put("k", b"new")
-    assert await artifact_store.get("k") == b"new"
-    assert (await artifact_store.head("k")).sha256 == info.sha256 == hashlib.sha256(b"new").hexdigest()
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"model-name": "x"}, "identifiers"),
+        ({"1st": "x"}, "identifiers"),
+        ({"flavour": "a", "Flavour": "b"}, "differ only in case"),
+        ({"mlplat_sha256": "0" * 64}, "reserved"),
+        ({"big": "x" * 9000}, "at most"),
+    ],
+    ids=["dash", "leading-digit", "case-duplicate", "reserved", "too-large"],
+)
+async def test_metadata_azure_cannot_store_is_refused_everywhere(
+    artifact_store: ArtifactStore, metadata: dict[str, str], message: str
+) -> None:
+    """Metadata breaking Azure's rules is refused by every backend with the reason, and nothing is written."""
+    with pytest.raises(ValueError, match=message):
+        await artifact_store.put("m/x", b"v", metadata=metadata)
+    with pytest.raises(NotFound):
+        await artifact_store.head("m/x")
 
 
-async def test_list_by_prefix_is_sorted_and_nested(artifact_store: ArtifactStore) -> None:
-    """list() returns every artifact under a prefix, sorted by key; an empty prefix lists all."""
-    for key in ["m/2/b", "m/1/a", "m/10/c", "other/z"]:
+async def test_overwrite_replaces_content_hash_and_metadata(artifact_store: ArtifactStore) -> None:
+    """Putting the same key again replaces the bytes, the recorded hash and the metadata."""
+    await artifact_store.put("k", b"old", metadata={"v": "1"})
+    info = await artifact_store.put("k", b"newer", metadata={"w": "2"})
+    assert await artifact_store.get("k") == b"newer"
+    assert await artifact_store.head("k") == info == ArtifactInfo("k", 5, sha256(b"newer"), {"w": "2"})
+
+
+async def test_list_by_prefix_is_sorted_and_includes_nested_keys(artifact_store: ArtifactStore) -> None:
+    """list() returns every artifact whose key starts with the prefix, sorted; an empty prefix lists all."""
+    for key in ["m/2/b", "m/1/a", "m/10/c", "m/1/deep/er/d", "other/z", "top"]:
         await artifact_store.put(key, key.encode())
-    assert [i.key for i in await artifact_store.list("m/")] == ["m/1/a", "m/10/c", "m/2/b"]
-    assert [i.key for i in await artifact_store.list("m/1")] == ["m/1/a", "m/10/c"]
-    assert [i.key for i in await artifact_store.list()] == ["m/1/a", "m/10/c", "m/2/b", "other/z"]
+    assert [i.key for i in await artifact_store.list("m/")] == ["m/1/a", "m/1/deep/er/d", "m/10/c", "m/2/b"]
+    assert [i.key for i in await artifact_store.list("m/1")] == ["m/1/a", "m/1/deep/er/d", "m/10/c"]
+    assert [i.key for i in await artifact_store.list("m/1/")] == ["m/1/a", "m/1/deep/er/d"]
+    assert [i.key for i in await artifact_store.list("to")] == ["top"]
+    assert [i.key for i in await artifact_store.list()] == [
+        "m/1/a", "m/1/deep/er/d", "m/10/c", "m/2/b", "other/z", "top",
+    ]
     assert await artifact_store.list("nothing/") == []
 
 
-async def test_deleted_and_missing_keys_are_not_found(artifact_store: ArtifactStore) -> None:
-    """After delete, get/head/delete raise NotFound, as they do for a key never written."""
+async def test_list_reports_size_and_sha256_of_each_artifact(artifact_store: ArtifactStore) -> None:
+    """Each listed entry carries the same size and sha256 that head reports."""
+    await artifact_store.put("l/a", b"aaa")
+    await artifact_store.put("l/b", b"")
+    listed = await artifact_store.list("l/")
+    assert listed == [await artifact_store.head("l/a"), await artifact_store.head("l/b")]
+    assert [(i.size, i.sha256) for i in listed] == [(3, sha256(b"aaa")), (0, sha256(b""))]
+
+
+async def test_delete_makes_get_head_and_delete_raise_not_found(artifact_store: ArtifactStore) -> None:
+    """After delete the key is gone: get, head and a second delete raise NotFound naming it, list omits it."""
     await artifact_store.put("gone/x", b"v")
+    await artifact_store.put("gone/y", b"kept")
     await artifact_store.delete("gone/x")
     for op in (artifact_store.get, artifact_store.head, artifact_store.delete):
         with pytest.raises(NotFound, match="gone/x"):
             await op("gone/x")
-    assert await artifact_store.list("gone/") == []
+    assert [i.key for i in await artifact_store.list("gone/")] == ["gone/y"]
+    assert await artifact_store.get("gone/y") == b"kept"
 
 
-@pytest.mark.parametrize("key", ["", "../x", "/abs", "a//b", "a/../b", "a\\b", ".meta/x"])
-async def test_invalid_keys_are_refused(artifact_store: ArtifactStore, key: str) -> None:
-    """Keys that could escape the store or collide with its bookkeeping are refused, naming the key."""
-    with pytest.raises(ValueError, match="invalid artifact key"):
+async def test_a_deleted_key_can_be_written_again(artifact_store: ArtifactStore) -> None:
+    """Deleting the only artifact under a prefix does not stop a later put under the same prefix."""
+    await artifact_store.put("again/deep/x", b"1")
+    await artifact_store.delete("again/deep/x")
+    await artifact_store.put("again/deep/x", b"2")
+    assert await artifact_store.get("again/deep/x") == b"2"
+
+
+@pytest.mark.parametrize("key", ["never/written", "models"])
+async def test_missing_key_raises_not_found(artifact_store: ArtifactStore, key: str) -> None:
+    """A key never written, or only a prefix of other keys, is NotFound for get, head and delete."""
+    await artifact_store.put("models/x", b"v")
+    for op in (artifact_store.get, artifact_store.head, artifact_store.delete):
+        with pytest.raises(NotFound, match=key):
+            await op(key)
+
+
+@pytest.mark.parametrize(
+    "key", ["", "../x", "/abs", "a//b", "a/", "a/../b", "./a", "a\\b", "a\x00b", ".meta/x", "m/.tmp-x.part"]
+)
+async def test_invalid_keys_are_refused_with_the_key_named(artifact_store: ArtifactStore, key: str) -> None:
+    """Keys that could escape the store or reach its bookkeeping are refused by every call, naming the key."""
+    expected = f"invalid artifact key {key!r}"
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
         await artifact_store.put(key, b"v")
+    for op in (artifact_store.get, artifact_store.head, artifact_store.delete):
+        with pytest.raises(ValueError, match="invalid artifact key"):
+            await op(key)
+    assert await artifact_store.list() == []

@@ -205,3 +205,46 @@ async def test_an_older_event_never_replaces_a_newer_online_value(harness: Harne
     fs = next(iter(h.registry.feature_sets.values()))
     assert (await read_online(h.hot, h.warehouse, fs, ["u9"]))["u9"] == {"clicks": None, "spend": 2.0,
                                                                           "country": None}
+
+
+async def test_a_lagging_warehouse_pauses_consumption(harness: Harness) -> None:
+    """While the writer is stuck, ingest holds one batch and reads no more; when it frees, all lands."""
+    h = harness
+    fs = next(iter(h.registry.feature_sets.values()))
+    many = [event(1000 + i, f"u{i % 7}", spend=1.0) for i in range(h.settings.batch_size * 4)]
+    topic = await publish(h, many)
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    blocker = asyncio.ensure_future(h.warehouse.writer.on_writer_thread(
+        lambda _: asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()))
+    ingest = h.ingest()
+    await ingest.start()
+    assert ingest._consumer is not None
+    polled = 0
+    original = ingest._consumer.poll
+
+    async def counting_poll(**kwargs: Any) -> Any:
+        nonlocal polled
+        result = await original(**kwargs)
+        polled += sum(len(m) for m in result.values())
+        return result
+
+    ingest._consumer.poll = counting_poll  # type: ignore[method-assign]
+    task = asyncio.create_task(ingest.run())
+    try:
+        await asyncio.sleep(3)
+        assert polled <= h.settings.batch_size  # one batch in flight, nothing read beyond it
+    finally:
+        gate.set()
+        await blocker
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await ingest.stop()  # cancelled mid-batch, as at shutdown: what it held is redelivered
+    restarted = h.ingest()
+    await restarted.start()
+    try:
+        await run_until_caught_up(h, restarted, topic)
+    finally:
+        await restarted.stop()
+    assert await h.count(f'SELECT count(*) FROM "{fs.table}"') == len(many)

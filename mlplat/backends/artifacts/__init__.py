@@ -1,7 +1,11 @@
 """Artifact store: model files. `file://DIR` (embedded) and `azure://CONTAINER` (Azure Blob Storage).
 
 Every put records the sha256 of the bytes in the blob's metadata, so readers can verify content before
-loading it. tests/integration/contract/test_artifacts.py runs one suite against both.
+loading it. tests/contract/test_artifacts.py runs one suite against both.
+
+Keys are '/'-separated relative paths (no empty, '.', '..' or dot-leading segments, no backslash or control
+characters); metadata names are identifiers, unique ignoring case (Azure's rules, enforced by both stores).
+Anything else raises ValueError naming the key or entry, before anything is written.
 """
 
 from __future__ import annotations

@@ -1,65 +1,223 @@
 """The embedded artifact store: files under a directory, written atomically, sha256 kept in a sidecar.
 
-Blobs live at ROOT/KEY; metadata at ROOT/.meta/KEY.json, outside the key namespace (keys may not start
-with a dot segment). A write goes to a temporary file, is fsynced and renamed into place, and the sidecar
-is written the same way afterwards, so a crash never leaves a half-written artifact that looks complete.
+Blobs live at ROOT/KEY; their record (size, sha256, metadata) at ROOT/.meta/KEY.json, outside the key
+namespace because no key segment may start with a dot. A put writes the blob to a temporary file in the
+target directory, fsyncs it, removes the old record, renames the blob into place and then writes the new
+record the same way. A crash therefore leaves either the old or the new bytes, never half of them, and no
+record describing other bytes (writers of one key also take turns); a blob without a record whose size
+matches is described from its own bytes.
+
+The key and metadata rules at the top are shared with azure.py, so both stores accept exactly the same
+input and code developed against file:// does not break on azure://.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from mlplat.backends.artifacts import ArtifactInfo
-from mlplat.errors import BackendUnavailable, NotFound
+from mlplat.errors import BackendError, BackendUnavailable, ConfigError, NotFound
+from mlplat.observability.logging import get_logger
+
+log = get_logger("artifacts")
+T = TypeVar("T")
 
 META_DIR = ".meta"
+TMP_PREFIX = ".tmp-"
+MAX_KEY_CHARS = 1024  # Azure's limit on blob names
+MAX_SEGMENT_BYTES = 250  # file systems allow 255 per name; the record adds ".json"
+METADATA_MAX_BYTES = 8 * 1024  # Azure's limit on a blob's metadata names + values, applied everywhere
+RESERVED_METADATA_PREFIX = "mlplat_"  # the stores' own entries (the sha256 on Azure)
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# printable ASCII travels in an HTTP header as is; '%' is the escape character itself
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
+_DIR_ATTEMPTS = 5
+
+
+class InvalidArtifactKey(ValueError):
+    """A key no store accepts; the message names the key and says why."""
+
+
+class InvalidArtifactMetadata(ValueError):
+    """Metadata no store accepts; the message names the entry and says why."""
 
 
 def validate_key(key: str) -> str:
-    """Keys are '/'-separated relative paths that can never escape the store's root."""
+    """Keys are '/'-separated relative paths that can never escape the root or reach its bookkeeping."""
     problem = None
-    if not key:
+    if not isinstance(key, str) or not key:
         problem = "is empty"
-    elif "\x00" in key or "\\" in key:
-        problem = "contains NUL or a backslash"
+    elif "\\" in key:
+        problem = "contains a backslash (use '/' between segments)"
+    elif _CONTROL.search(key):
+        problem = "contains NUL or another control character"
     elif key.startswith("/"):
-        problem = "is absolute"
-    elif any(part in ("", ".", "..") for part in key.split("/")):
-        problem = "has an empty, '.' or '..' segment"
-    elif key.split("/")[0].startswith("."):
-        problem = "starts with a dot (reserved)"
+        problem = "is absolute (keys are relative paths)"
+    elif len(key) > MAX_KEY_CHARS:
+        problem = f"is longer than {MAX_KEY_CHARS} characters"
+    else:
+        for segment in key.split("/"):
+            if not segment:
+                problem = "has an empty segment ('//' or a trailing '/')"
+            elif segment in (".", ".."):
+                problem = f"has a {segment!r} segment"
+            elif segment.startswith("."):
+                problem = f"has a segment starting with a dot ({segment!r}), reserved for the store's files"
+            elif len(segment.encode()) > MAX_SEGMENT_BYTES:
+                problem = f"has a segment longer than {MAX_SEGMENT_BYTES} bytes"
+            if problem:
+                break
     if problem:
-        raise ValueError(f"invalid artifact key {key!r}: it {problem}")
+        raise InvalidArtifactKey(f"invalid artifact key {key!r}: it {problem}")
     return key
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+def is_valid_key(key: str) -> bool:
+    try:
+        validate_key(key)
+    except InvalidArtifactKey:
+        return False
+    return True
+
+
+def encode_metadata_value(value: str) -> str:
+    """Percent-encode what an HTTP header cannot carry verbatim: non-ASCII, controls, '%', outer spaces."""
+    encoded = quote(value, safe=_HEADER_SAFE)
+    core = encoded.strip(" ")
+    if not core:
+        return "%20" * len(encoded)
+    lead = len(encoded) - len(encoded.lstrip(" "))
+    trail = len(encoded) - len(encoded.rstrip(" "))
+    return "%20" * lead + core + "%20" * trail
+
+
+def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Azure's metadata rules, applied on every backend: C# identifier names, unique ignoring case, 8 KiB."""
+    result = dict(metadata or {})
+    seen: dict[str, str] = {}
+    size = 0
+    for name, value in result.items():
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+            raise InvalidArtifactMetadata(
+                f"artifact metadata name {name!r}: names must be identifiers (ASCII letters, digits and _, "
+                "not starting with a digit), because Azure Blob metadata names are C# identifiers"
+            )
+        if name.lower().startswith(RESERVED_METADATA_PREFIX):
+            raise InvalidArtifactMetadata(
+                f"artifact metadata name {name!r}: the prefix {RESERVED_METADATA_PREFIX!r} is reserved "
+                "for the store's own entries"
+            )
+        if name.lower() in seen:
+            raise InvalidArtifactMetadata(
+                f"artifact metadata names {seen[name.lower()]!r} and {name!r} differ only in case, "
+                "and Azure Blob metadata names are case-insensitive"
+            )
+        if not isinstance(value, str):
+            raise InvalidArtifactMetadata(
+                f"artifact metadata {name!r}: the value must be a str, not {type(value).__name__}"
+            )
+        seen[name.lower()] = name
+        size += len(name) + len(encode_metadata_value(value))
+    if size > METADATA_MAX_BYTES - 128:  # room for the store's own sha256 entry
+        raise InvalidArtifactMetadata(
+            f"artifact metadata is {size} bytes once encoded; "
+            f"at most {METADATA_MAX_BYTES - 128} fit beside the store's own entries"
+        )
+    return result
+
+
+def _root_of(url: str) -> Path:
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    if not rest:
+        raise ConfigError(
+            f"artifacts.url = {url!r}: file:// needs a directory, e.g. file://./.mlplat/artifacts"
+        )
+    # abspath, not resolve(): no file system access at construction, and symlinks stay as configured
+    return Path(os.path.abspath(rest))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in directory durable (POSIX only; Windows cannot open directories)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _mkstemp_in(directory: Path) -> tuple[int, str]:
+    for attempt in range(_DIR_ATTEMPTS):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".part")
+        except FileNotFoundError:
+            # a concurrent delete pruned the directory between mkdir and mkstemp: make it again
+            if attempt == _DIR_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _write_temp(directory: Path, data: bytes) -> str:
+    """A fsynced temporary file beside the target: same file system, so os.replace is atomic."""
+    fd, tmp = _mkstemp_in(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _replace(tmp: str, path: Path) -> None:
+    try:
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _sha256_of_file(path: Path) -> tuple[int, str]:
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256")
+        return f.tell(), digest.hexdigest()
 
 
 class FileArtifactStore:
+    """Artifacts as plain files under one directory, for a single machine or a shared mount."""
+
     def __init__(self, url: str) -> None:
         self._url = url
-        rest = url.split("://", 1)[1]
-        self._root = Path(rest or ".").resolve()
+        self._root = _root_of(url)
+        # writers of one key take turns, or the record of one put could land beside the bytes of another
+        self._writers: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"FileArtifactStore({self._url!r})"
 
     @property
     def url(self) -> str:
@@ -68,94 +226,209 @@ class FileArtifactStore:
     def _blob(self, key: str) -> Path:
         return self._root / validate_key(key)
 
-    def _meta(self, key: str) -> Path:
+    def _record(self, key: str) -> Path:
         return self._root / META_DIR / (validate_key(key) + ".json")
 
+    def _not_found(self, key: str) -> NotFound:
+        return NotFound(f"artifact {key!r} not found in {self._url}")
+
+    def _failed(self, action: str, key: str, error: OSError) -> BackendError:
+        """Runs in the worker thread: it looks at the disk to tell a vanished root from a failing file."""
+        reason = error.strerror or type(error).__name__
+        if not self._root.is_dir():
+            return BackendUnavailable(
+                f"artifact store {self._url}: directory {self._root} is gone ({reason})"
+            )
+        return BackendError(f"artifact store {self._url}: cannot {action} {key!r}: {reason}")
+
+    async def _run(self, action: str, key: str, work: Callable[[], T]) -> T:
+        """Run blocking file work in a thread; OS errors become BackendError there, off the event loop."""
+
+        def guarded() -> T:
+            try:
+                return work()
+            except OSError as e:
+                raise self._failed(action, key, e) from None
+
+        return await asyncio.to_thread(guarded)
+
+    @contextlib.asynccontextmanager
+    async def _writer_turn(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._writers.get(key, (asyncio.Lock(), 0))
+        self._writers[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._writers[key]
+            if users == 1:
+                del self._writers[key]
+            else:
+                self._writers[key] = (lock, users - 1)
+
+    async def _write_exclusively(self, action: str, key: str, work: Callable[[], T]) -> T:
+        """Run a write of key in its turn; a cancelled caller keeps the turn until its thread has finished."""
+        async with self._writer_turn(key):
+            task = asyncio.ensure_future(self._run(action, key, work))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # a thread cannot be stopped: the next writer must not start beside it
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # retrieved, so asyncio does not log it as lost
+                raise
+
     async def connect(self) -> None:
+        """Create the directory and prove it writable: a bad mount fails at start-up, not on the first put."""
+
         def make() -> None:
             try:
                 (self._root / META_DIR).mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(dir=self._root, prefix=TMP_PREFIX, suffix=".probe")
+                os.close(fd)
+                os.unlink(probe)
             except OSError as e:
-                raise BackendUnavailable(f"artifact store {self._url}: cannot use {self._root}: {e.strerror}") from None
+                reason = e.strerror or type(e).__name__
+                raise BackendUnavailable(
+                    f"artifact store {self._url}: cannot use {self._root}: {reason}"
+                ) from None
 
         await asyncio.to_thread(make)
 
     async def ping(self) -> None:
         def check() -> None:
-            if not os.access(self._root, os.W_OK):
+            if not self._root.is_dir():
+                raise BackendUnavailable(f"artifact store {self._url}: {self._root} is not a directory")
+            if not os.access(self._root, os.W_OK | os.X_OK):
                 raise BackendUnavailable(f"artifact store {self._url}: {self._root} is not writable")
 
         await asyncio.to_thread(check)
 
     async def put(self, key: str, data: bytes, *, metadata: Mapping[str, str] | None = None) -> ArtifactInfo:
-        blob, meta = self._blob(key), self._meta(key)
+        blob, record = self._blob(key), self._record(key)
+        user = validate_metadata(metadata)
+
         def write() -> ArtifactInfo:
-            info = ArtifactInfo(key, len(data), hashlib.sha256(data).hexdigest(), dict(metadata or {}))
-            _atomic_write(blob, data)
-            record = {"size": info.size, "sha256": info.sha256, "metadata": dict(info.metadata)}
-            _atomic_write(meta, json.dumps(record).encode())
+            info = ArtifactInfo(key, len(data), hashlib.sha256(data).hexdigest(), user)
+            self._check_no_conflict(key, blob)
+            tmp = _write_temp(blob.parent, data)
+            # the old record goes before the new bytes arrive: a record on disk never describes other bytes
+            try:
+                record.unlink()
+                _fsync_dir(record.parent)
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+            _replace(tmp, blob)
+            body = {"size": info.size, "sha256": info.sha256, "metadata": user}
+            _replace(_write_temp(record.parent, json.dumps(body).encode()), record)
             return info
 
-        return await asyncio.to_thread(write)
+        return await self._write_exclusively("write", key, write)
+
+    def _check_no_conflict(self, key: str, blob: Path) -> None:
+        """A key cannot also be a directory of other keys (a beside a/b): say so instead of EISDIR."""
+        if blob.is_dir():
+            raise InvalidArtifactKey(
+                f"artifact key {key!r} conflicts with existing artifacts under {key + '/'!r} "
+                "(the file store cannot hold a key that is also a prefix directory)"
+            )
+        for parent in blob.relative_to(self._root).parents:
+            if parent != Path(".") and (self._root / parent).is_file():
+                raise InvalidArtifactKey(
+                    f"artifact key {key!r} conflicts with the existing artifact {parent.as_posix()!r} "
+                    "(the file store cannot hold a key that is also a prefix directory)"
+                )
 
     async def get(self, key: str) -> bytes:
         blob = self._blob(key)
-        try:
-            return await asyncio.to_thread(blob.read_bytes)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise NotFound(f"artifact {key!r} not found in {self._url}") from None
+
+        def read() -> bytes:
+            try:
+                return blob.read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise self._not_found(key) from None
+
+        return await self._run("read", key, read)
 
     def _read_info(self, key: str) -> ArtifactInfo:
-        blob, meta = self._blob(key), self._meta(key)
-        if not blob.is_file():
-            raise NotFound(f"artifact {key!r} not found in {self._url}")
+        blob, record = self._blob(key), self._record(key)
         try:
-            record = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            # a blob whose sidecar never got written (crash between the two): describe it from its bytes
-            data = blob.read_bytes()
-            return ArtifactInfo(key, len(data), hashlib.sha256(data).hexdigest(), {})
-        return ArtifactInfo(key, int(record["size"]), str(record["sha256"]), dict(record.get("metadata", {})))
+            st = blob.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._not_found(key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise self._not_found(key)
+        size = st.st_size
+        body: Any = None
+        with contextlib.suppress(OSError, ValueError):
+            body = json.loads(record.read_bytes())
+        if isinstance(body, dict) and body.get("size") == size and isinstance(body.get("sha256"), str):
+            return ArtifactInfo(key, size, body["sha256"], dict(body.get("metadata") or {}))
+        # no usable record: a crash between blob and record, or a file copied in by hand
+        log.warning("artifact_record_missing", url=self._url, key=key)
+        try:
+            size, sha = _sha256_of_file(blob)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise self._not_found(key) from None
+        return ArtifactInfo(key, size, sha, {})
 
     async def head(self, key: str) -> ArtifactInfo:
-        return await asyncio.to_thread(self._read_info, key)
+        self._blob(key)  # invalid keys fail here, before a thread is involved
+        return await self._run("read", key, lambda: self._read_info(key))
 
     async def list(self, prefix: str = "") -> list[ArtifactInfo]:
         def scan() -> list[ArtifactInfo]:
+            # walk only the deepest directory the prefix names; a prefix no key can have matches nothing
+            directory, _, _ = prefix.rpartition("/")
+            if directory and not is_valid_key(directory):
+                return []
+            start = self._root / directory if directory else self._root
             found = []
-            for dirpath, dirnames, filenames in os.walk(self._root):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .meta and temp leftovers
                 for name in filenames:
                     if name.startswith("."):
-                        continue  # temp files of an interrupted write
+                        continue  # temporary files of a write in progress or interrupted
                     key = Path(dirpath, name).relative_to(self._root).as_posix()
-                    if key.startswith(prefix):
-                        found.append(self._read_info(key))
+                    if key.startswith(prefix) and is_valid_key(key):
+                        with contextlib.suppress(NotFound):  # deleted while we walked
+                            found.append(self._read_info(key))
             return sorted(found, key=lambda i: i.key)
 
-        return await asyncio.to_thread(scan)
+        return await self._run("list", prefix, scan)
 
     async def delete(self, key: str) -> None:
-        blob, meta = self._blob(key), self._meta(key)
+        blob, record = self._blob(key), self._record(key)
 
         def remove() -> None:
+            if blob.is_dir():
+                raise self._not_found(key)
             try:
                 blob.unlink()
-            except (FileNotFoundError, IsADirectoryError):
-                raise NotFound(f"artifact {key!r} not found in {self._url}") from None
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._not_found(key) from None
             with contextlib.suppress(FileNotFoundError):
-                meta.unlink()
-            for start in (blob.parent, meta.parent):
-                self._prune(start)
+                record.unlink()
+            self._prune(blob.parent)
+            self._prune(record.parent)
 
-        await asyncio.to_thread(remove)
+        await self._write_exclusively("delete", key, remove)
 
     def _prune(self, directory: Path) -> None:
+        """Remove directories emptied by a delete, up to (not including) the root and the record tree."""
         stop = {self._root, self._root / META_DIR}
         while directory not in stop and self._root in directory.parents:
             try:
                 directory.rmdir()
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    log.warning(
+                        "artifact_prune_failed", url=self._url, directory=str(directory), error=e.strerror
+                    )
                 return
             directory = directory.parent
 
