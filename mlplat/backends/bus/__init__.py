@@ -3,7 +3,7 @@
 `memory://` (embedded) and `kafka://host:port[,host:port]` (aiokafka) keep the same semantics: topics with
 partitions, key-hashed partitioning, consumer groups that split partitions between members, and manual
 commits (the committed offset is the offset of the *next* message to read).
-tests/integration/contract/test_bus.py runs one suite against both.
+tests/contract/test_bus.py runs one suite against both.
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ class BusConsumer(Protocol):
         ...
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Record, for each partition, the offset of the next message to read."""
+        """Record, for each partition, the offset of the next message to read.
+
+        Only partitions assigned to this member can be committed; for any other (the group rebalanced) the
+        commit raises BackendError and the new owner reads those messages again from the last commit.
+        """
         ...
 
     async def committed(self, tp: TopicPartition) -> int | None: ...
@@ -82,15 +86,22 @@ class EventBus(Protocol):
 
     async def ping(self) -> None: ...
     async def create_topic(self, topic: str, *, partitions: int) -> None:
-        """Create the topic if it does not exist (no error if it does)."""
+        """Create the topic if it does not exist (no error if it does; it keeps its partition count)."""
         ...
 
-    async def partitions_for(self, topic: str) -> int: ...
+    async def partitions_for(self, topic: str) -> int:
+        """The topic's partition count; NotFound if the topic does not exist."""
+        ...
+
     async def publish(
         self, topic: str, value: bytes, *, key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> tuple[int, int]:
-        """Publish one message, waiting for the broker's ack. Returns (partition, offset)."""
+        """Publish one message, waiting for the broker's ack. Returns (partition, offset).
+
+        BackendUnavailable after a bounded wait if the broker cannot be reached; a publish that failed that
+        way may still have been written (delivery is at-least-once).
+        """
         ...
 
     async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
@@ -98,7 +109,10 @@ class EventBus(Protocol):
         ...
 
     def consumer(self, topics: Sequence[str], *, group: str) -> BusConsumer: ...
-    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]: ...
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset the next message will get, per partition; NotFound for a missing topic or partition."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -1,205 +1,474 @@
 """The production event bus on Kafka (aiokafka): one shared producer, one consumer per group member.
 
 Offsets are never auto-committed: the caller commits after its warehouse commit (DESIGN.md §5).
-aiokafka reconnects by itself after a broker outage; every call here is bounded in time so an outage
-surfaces as BackendUnavailable instead of a hang.
+aiokafka reconnects by itself after a broker outage, so the same KafkaBus works again once the broker is
+back; every call here has a deadline so an outage surfaces as BackendUnavailable instead of a hang.
+
+Caveat: a publish that timed out may still have reached the broker (and a plain, non-idempotent producer
+may write a retried batch twice), so delivery is at-least-once end to end, like the consumer side.
+
+Broker quirks handled here (found against the Tansu broker the integration tests use):
+- Tansu refuses InitProducerId, so an idempotent producer cannot start there; connect() falls back to
+  acks="all" without idempotence (and logs it) when the broker answers but refuses idempotence.
+- Tansu reports a partition's high watermark as the last batch's base offset + 1, which is short after a
+  multi-record batch; end_offsets() reads the last batch to correct that (a no-op on Kafka).
+- Tansu auto-creates an unknown topic with 4 partitions (Kafka's default is 1); create topics explicitly.
+- Tansu holds a group join for half the session timeout; `session_timeout_ms` is a constructor argument.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 
 from mlplat.backends.bus import Message, TopicPartition
-from mlplat.backends.urls import redact_url
-from mlplat.errors import BackendUnavailable
+from mlplat.errors import BackendError, BackendUnavailable, ConfigError, NotFound
+from mlplat.observability.logging import get_logger
 
 T = TypeVar("T")
-CALL_TIMEOUT_S = 15.0
+log = get_logger("bus")
+
+CONNECT_TIMEOUT_S = 10.0
+"""connect() gives up after this, for all three clients together: start-up must fail fast and clearly."""
+CALL_TIMEOUT_S = 10.0
+"""Bound on one call (publish, commit, metadata...), retries included."""
+REQUEST_TIMEOUT_MS = 8_000
+"""aiokafka's own request/batch expiry, below CALL_TIMEOUT_S: a publish that fails was dropped by the client
+rather than left queued to go out after the caller was told it failed."""
+PING_TIMEOUT_S = 5.0
+CONSUMER_START_TIMEOUT_S = 30.0
+"""start() returns once the group gave this member its partitions, which waits for the others to rejoin."""
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+"""A member silent this long is dropped from its group (Kafka brokers accept 6,000 to 1,800,000)."""
+END_OFFSET_READ_S = 2.0
 
 
 def bootstrap_servers(url: str) -> str:
     """kafka://h1:9092,h2:9092 -> 'h1:9092,h2:9092' (urlsplit cannot parse several hosts)."""
-    rest = url.split("://", 1)[1].split("/", 1)[0]
-    hosts = [h.rsplit("@", 1)[-1] for h in rest.split(",") if h]
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in netloc:
+        raise ConfigError(
+            f"bus.url = {display_url(url)!r}: credentials in kafka:// URLs are not supported (no SASL yet)"
+        )
+    hosts = [h.strip() for h in netloc.split(",") if h.strip()]
     if not hosts:
-        raise ValueError(f"bus.url = {redact_url(url)!r}: no broker address (expected kafka://host:9092)")
-    return ",".join(h if ":" in h else f"{h}:9092" for h in hosts)
+        raise ConfigError(f"bus.url = {display_url(url)!r}: no broker address (expected kafka://host:9092)")
+    out = []
+    for h in hosts:
+        host, _, port = h.rpartition(":") if ":" in h else (h, "", "9092")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"bus.url = {display_url(url)!r}: {h!r} is not host:port")
+        out.append(f"{host}:{port}")
+    return ",".join(out)
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden (redact_url cannot parse a comma-separated host list)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    if "@" not in netloc:
+        return url
+    userinfo, _, hosts = netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{hosts}{slash}{tail}"
+
+
+def _is_outage(e: BaseException) -> bool:
+    """Errors meaning 'cannot reach the broker now' (retry later) rather than 'the request is wrong'."""
+    return isinstance(e, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError | RequestTimedOutError
+                      | OSError | TimeoutError) or bool(getattr(e, "retriable", False))
 
 
 class KafkaBus:
-    def __init__(self, url: str) -> None:
-        self._url = redact_url(url)
+    """An EventBus on a Kafka cluster; safe to share between the tasks of one event loop."""
+
+    def __init__(self, url: str, *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS) -> None:
+        self._url = display_url(url)
         self._servers = bootstrap_servers(url)
+        self._session_timeout_ms = session_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
+        self._reader: AIOKafkaConsumer | None = None  # group-less, for end offsets
+        self._reader_lock = asyncio.Lock()
+        self._consumers: set[KafkaConsumer] = set()  # started ones, stopped by aclose() if still running
+        self.idempotent = False
+        """Whether the producer runs with enable_idempotence (False on brokers that refuse it, e.g. Tansu)."""
 
     @property
     def url(self) -> str:
         return self._url
 
+    def __repr__(self) -> str:
+        return f"KafkaBus({self._url!r})"
+
+    def _unreachable(self, what: str, e: BaseException) -> BackendError:
+        """Translate an aiokafka/socket error into mlplat's, naming the URL (never its credentials)."""
+        if isinstance(e, TimeoutError):
+            return BackendUnavailable(f"bus {self._url} unreachable: {what} timed out")
+        reason = str(e) or type(e).__name__
+        if _is_outage(e):
+            return BackendUnavailable(f"bus {self._url} unreachable: {what} failed: {reason}")
+        return BackendError(f"bus {self._url}: {what} failed: {reason}")
+
     async def _bounded(self, what: str, awaitable: Awaitable[T], timeout_s: float = CALL_TIMEOUT_S) -> T:
+        """Await with a deadline, raising mlplat errors only."""
         try:
             return await asyncio.wait_for(awaitable, timeout_s)
-        except TimeoutError:
-            raise BackendUnavailable(f"bus {self._url} unreachable: {what} timed out after {timeout_s:g}s") from None
-        except (KafkaError, OSError) as e:
-            raise BackendUnavailable(f"bus {self._url} unreachable: {what} failed: {e}") from None
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise self._unreachable(what, e) from None
 
+    # --- lifecycle ------------------------------------------------------------------------------------------
     async def connect(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._servers, acks="all", linger_ms=2, request_timeout_ms=10_000,
-            max_batch_size=1 << 20,
-        )
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, request_timeout_ms=10_000)
+        """Start the producer, the admin client and the offsets reader; BackendUnavailable within ~10 s."""
+        if self._producer is not None:
+            await self.ping()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT_S
+        common: dict[str, Any] = {
+            "bootstrap_servers": self._servers, "request_timeout_ms": REQUEST_TIMEOUT_MS,
+        }
+        producer = await self._start_producer(common, deadline)
+        admin = AIOKafkaAdminClient(**common)
+        reader = AIOKafkaConsumer(**common, enable_auto_commit=False)
         try:
-            await self._bounded("connect", producer.start(), 12)
-            await self._bounded("admin connect", admin.start(), 12)
-        except BackendUnavailable:
+            await self._bounded("admin connect", admin.start(), max(deadline - loop.time(), 0.1))
+            await self._bounded("consumer connect", reader.start(), max(deadline - loop.time(), 0.1))
+        except BackendError:
             await _quietly(producer.stop())
             await _quietly(admin.close())
+            await _quietly(reader.stop())
             raise
-        self._producer, self._admin = producer, admin
+        self._producer, self._admin, self._reader = producer, admin, reader
 
-    def _require(self) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
-        if self._producer is None or self._admin is None:
+    async def _start_producer(self, common: dict[str, Any], deadline: float) -> AIOKafkaProducer:
+        """Idempotent if the broker allows it, else acks="all" alone (Tansu refuses idempotence)."""
+        loop = asyncio.get_running_loop()
+        for idempotent in (True, False):
+            producer = AIOKafkaProducer(
+                **common, acks="all", enable_idempotence=idempotent, linger_ms=2, max_batch_size=1 << 20,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), max(deadline - loop.time(), 0.1))
+            except (KafkaError, OSError, TimeoutError) as e:
+                await _quietly(producer.stop())
+                if idempotent and not _is_outage(e):  # the broker answered, and refused idempotence
+                    reason = str(e) or type(e).__name__
+                    log.warning("bus_producer_not_idempotent", url=self._url, reason=reason)
+                    continue
+                raise self._unreachable("connect", e) from None
+            self.idempotent = idempotent
+            return producer
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _connected(self) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._producer is None or self._admin is None or self._reader is None:
             raise BackendUnavailable(f"bus {self._url} is not connected")
-        return self._producer, self._admin
+        return self._producer, self._admin, self._reader
+
+    async def aclose(self) -> None:
+        """Close every client, including consumers still running (each holds its own connections)."""
+        for consumer in list(self._consumers):
+            await consumer.stop()
+        producer, admin, reader = self._producer, self._admin, self._reader
+        self._producer = self._admin = self._reader = None
+        if producer is not None:
+            await _quietly(producer.stop())
+        if admin is not None:
+            await _quietly(admin.close())
+        if reader is not None:
+            await _quietly(reader.stop())
+
+    # --- metadata -------------------------------------------------------------------------------------------
+    async def _metadata(self, topics: list[str]) -> dict[str, Any]:
+        """One metadata request that never auto-creates a topic (a plain one would on most brokers)."""
+        producer, _, _ = self._connected()
+        client = producer.client
+        node = client.get_random_node()
+        if node is None:
+            raise BackendUnavailable(f"bus {self._url} unreachable: no broker known")
+        response = await client.send(node, MetadataRequest(topics, allow_auto_topic_creation=False))
+        obj: dict[str, Any] = response.to_object()
+        return obj
 
     async def ping(self) -> None:
-        producer, _ = self._require()
-        await self._bounded("metadata", producer.client.fetch_all_metadata(), 5)
+        await self._bounded("metadata", self._metadata([]), PING_TIMEOUT_S)
 
-    async def create_topic(self, topic: str, *, partitions: int) -> None:
-        _, admin = self._require()
-        try:
-            await self._bounded(
-                "create topic", admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-            )
-        except BackendUnavailable as e:
-            if "TopicAlreadyExists" not in str(e):
-                raise
-        except TopicAlreadyExistsError:
-            pass
+    async def _partition_counts(self, topics: list[str]) -> dict[str, int]:
+        """Partition count per existing topic (absent: it does not exist); waits out leader elections."""
+
+        async def ask() -> dict[str, int]:
+            while True:
+                counts: dict[str, int] = {}
+                retry = False
+                for t in (await self._metadata(topics))["topics"]:
+                    code = t["error_code"]
+                    if code == UnknownTopicOrPartitionError.errno:
+                        continue
+                    if code and for_code(code).retriable:  # e.g. a leader election after create
+                        retry = True
+                    elif code:
+                        raise for_code(code)(f"topic {t['topic']!r}")
+                    else:
+                        counts[t["topic"]] = len(t["partitions"])
+                if not retry:
+                    return counts
+                await asyncio.sleep(0.1)
+
+        return await self._bounded("metadata", ask())
 
     async def partitions_for(self, topic: str) -> int:
-        producer, _ = self._require()
-        parts = await self._bounded("partitions", producer.partitions_for(topic))
-        return len(parts or ())
+        """The topic's partition count; NotFound if it does not exist."""
+        counts = await self._partition_counts([topic])
+        if topic not in counts:
+            raise NotFound(f"bus {self._url}: topic {topic!r} does not exist")
+        return counts[topic]
 
+    async def create_topic(self, topic: str, *, partitions: int) -> None:
+        """Create the topic if it does not exist (an existing one keeps its partitions), then wait until the
+        brokers' metadata shows it, so a consumer or partitions_for right after sees it."""
+        if partitions < 1:
+            raise ValueError(f"topic {topic!r} needs at least one partition, not {partitions}")
+        producer, admin, _ = self._connected()
+        replicas = max(1, min(3, len(producer.client.cluster.brokers())))
+        response = await self._bounded(
+            "create topic", admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                                          replication_factor=replicas)]),
+        )
+        for result in response.to_object()["topic_errors"]:
+            code = result["error_code"]
+            if code and code != TopicAlreadyExistsError.errno:
+                error = for_code(code)(result.get("error_message") or f"topic {topic!r}")
+                raise self._unreachable(f"create topic {topic!r}", error)
+
+        async def visible() -> None:
+            while True:
+                if topic in await self._partition_counts([topic]):
+                    return
+                await asyncio.sleep(0.1)
+
+        await self._bounded(f"create topic {topic!r} (waiting for metadata)", visible())
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset to be written per partition; NotFound for a missing topic or partition."""
+        _, _, reader = self._connected()
+        counts = await self._partition_counts(sorted({tp.topic for tp in tps}))
+        for tp in tps:
+            if tp.topic not in counts:
+                raise NotFound(f"bus {self._url}: topic {tp.topic!r} does not exist")
+            if not 0 <= tp.partition < counts[tp.topic]:
+                raise NotFound(f"bus {self._url}: topic {tp.topic!r} has no partition {tp.partition}")
+        ktps = [KafkaTP(tp.topic, tp.partition) for tp in tps]
+        async with self._reader_lock:
+            listed = await self._bounded("end offsets", reader.end_offsets(ktps))
+            ends = {tp: int(listed[tp]) for tp in ktps}
+            async with self._reading(reader, [tp for tp in ktps if ends[tp] > 0]) as assigned:
+                await self._correct_ends(reader, assigned, ends)
+        return {TopicPartition(tp.topic, tp.partition): off for tp, off in ends.items()}
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, reader: AIOKafkaConsumer, ktps: list[KafkaTP]) -> AsyncIterator[list[KafkaTP]]:
+        reader.assign(ktps)
+        try:
+            yield ktps
+        finally:
+            reader.assign([])  # stop the background fetches
+
+    async def _correct_ends(
+        self, reader: AIOKafkaConsumer, ktps: list[KafkaTP], ends: dict[KafkaTP, int]
+    ) -> None:
+        """Read from each listed end - 1: on Kafka that is the last record; on Tansu, whose end is short after
+        a multi-record batch, it is the start of the last batch, whose last record gives the true end."""
+        if not ktps:
+            return
+        for tp in ktps:
+            reader.seek(tp, ends[tp] - 1)
+        pending = set(ktps)
+        loop = asyncio.get_running_loop()
+        # a transaction marker at end - 1 yields no record: keep the listed end for that partition
+        deadline = loop.time() + END_OFFSET_READ_S
+        while pending and loop.time() < deadline:
+            try:
+                batches = await asyncio.wait_for(reader.getmany(*pending, timeout_ms=200), CALL_TIMEOUT_S)
+            except (KafkaError, OSError, TimeoutError) as e:
+                raise self._unreachable("end offsets", e) from None
+            for tp, records in batches.items():
+                if records:
+                    ends[tp] = max(ends[tp], int(records[-1].offset) + 1)
+                    pending.discard(tp)
+
+    # --- publishing -----------------------------------------------------------------------------------------
     async def publish(
         self, topic: str, value: bytes, *, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> tuple[int, int]:
-        producer, _ = self._require()
+        producer, _, _ = self._connected()
         meta = await self._bounded(
             "publish", producer.send_and_wait(topic, value, key=key, headers=list(headers) or None)
         )
         return int(meta.partition), int(meta.offset)
 
     async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
-        producer, _ = self._require()
+        producer, _, _ = self._connected()
 
         async def send_all() -> None:
-            futures = [await producer.send(topic, value, key=key) for key, value in items]
-            await asyncio.gather(*futures)
+            # send() only queues (it waits when the client's buffer is full); the acks arrive batch by batch
+            acks = [await producer.send(topic, value, key=key) for key, value in items]
+            await asyncio.gather(*acks)
 
         await self._bounded("publish", send_all(), CALL_TIMEOUT_S + len(items) / 10_000)
 
+    # --- consuming ------------------------------------------------------------------------------------------
     def consumer(self, topics: Sequence[str], *, group: str) -> KafkaConsumer:
+        if not topics:
+            raise ValueError("a consumer needs at least one topic")
         return KafkaConsumer(self, list(topics), group)
 
-    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
-        try:
-            await self._bounded("connect", consumer.start())
-            ends = await self._bounded(
-                "end offsets", consumer.end_offsets([KafkaTP(tp.topic, tp.partition) for tp in tps])
-            )
-        finally:
-            await _quietly(consumer.stop())
-        return {TopicPartition(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
+    def _consumer_options(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self._servers, "request_timeout_ms": REQUEST_TIMEOUT_MS,
+            "enable_auto_commit": False, "auto_offset_reset": "earliest",
+            "session_timeout_ms": self._session_timeout_ms,
+            "heartbeat_interval_ms": min(1_000, self._session_timeout_ms // 3),
+            "metadata_max_age_ms": 5_000,  # notice new partitions and topics within seconds
+        }
 
-    async def aclose(self) -> None:
-        if self._producer is not None:
-            await _quietly(self._producer.stop())
-        if self._admin is not None:
-            await _quietly(self._admin.close())
-        self._producer = self._admin = None
+
+class _KeepPaused(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A rebalance hands out fresh partitions, unpaused; a paused member must stay paused."""
+
+    def __init__(self, owner: KafkaConsumer, client: AIOKafkaConsumer) -> None:
+        self._owner = owner
+        self._client = client
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self._owner.paused:
+            self._client.pause(*assigned)
 
 
 class KafkaConsumer:
+    """One member of a consumer group (an AIOKafkaConsumer, created on start)."""
+
     def __init__(self, bus: KafkaBus, topics: list[str], group: str) -> None:
         self._bus = bus
         self._topics = topics
-        self._consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=bus._servers, group_id=group, enable_auto_commit=False,
-            auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=300_000, metadata_max_age_ms=5_000,
-        )
+        self._group = group
+        self.client: AIOKafkaConsumer | None = None
+        self.paused = False
+
+    def _started(self) -> AIOKafkaConsumer:
+        if self.client is None:
+            self._bus._connected()  # a closed bus stopped its consumers: BackendUnavailable, as on memory://
+            raise RuntimeError("the consumer is not started (or was stopped)")
+        return self.client
 
     async def start(self) -> None:
+        """Join the group; returns once this member has its partitions."""
+        if self.client is not None:
+            return
+        self._bus._connected()
+        client = AIOKafkaConsumer(group_id=self._group, **self._bus._consumer_options())
+        client.subscribe(self._topics, listener=_KeepPaused(self, client))
         try:
-            await self._bus._bounded("consumer start", self._consumer.start(), 20)
-        except BackendUnavailable:
-            await _quietly(self._consumer.stop())
+            await self._bus._bounded("consumer start", client.start(), CONSUMER_START_TIMEOUT_S)
+        except BackendError:
+            await _quietly(client.stop())
             raise
+        self.client = client
+        self._bus._consumers.add(self)
 
     async def poll(self, *, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Message]]:
+        client = self._started()
         try:
-            batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        except (KafkaError, OSError) as e:
-            raise BackendUnavailable(f"bus {self._bus.url} unreachable: poll failed: {e}") from None
-        out: dict[TopicPartition, list[Message]] = {}
-        for tp, records in batches.items():
-            if records:
-                out[TopicPartition(tp.topic, tp.partition)] = [_message(r) for r in records]
-        return out
+            batches = await asyncio.wait_for(
+                client.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records),
+                max(timeout_s, 0) + CALL_TIMEOUT_S,
+            )
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise self._bus._unreachable("poll", e) from None
+        return {
+            TopicPartition(tp.topic, tp.partition): [_message(r) for r in records]
+            for tp, records in batches.items() if records
+        }
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        client = self._started()
         await self._bus._bounded(
-            "commit", self._consumer.commit({KafkaTP(tp.topic, tp.partition): off for tp, off in offsets.items()})
+            "commit", client.commit({KafkaTP(tp.topic, tp.partition): off for tp, off in offsets.items()})
         )
 
     async def committed(self, tp: TopicPartition) -> int | None:
-        value = await self._bus._bounded("committed", self._consumer.committed(KafkaTP(tp.topic, tp.partition)))
+        client = self._started()
+        value = await self._bus._bounded("committed", client.committed(KafkaTP(tp.topic, tp.partition)))
         return None if value is None else int(value)
 
     def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        if self.client is None:
+            return set()
+        return {TopicPartition(tp.topic, tp.partition) for tp in self.client.assignment()}
 
     async def seek_to_committed(self) -> None:
-        for tp in self._consumer.assignment():
-            committed = await self._bus._bounded("committed", self._consumer.committed(tp))
+        client = self._started()
+        for tp in client.assignment():
+            committed = await self._bus._bounded("committed", client.committed(tp))
             if committed is None:
-                await self._bus._bounded("seek", self._consumer.seek_to_beginning(tp))
+                await self._bus._bounded("seek", client.seek_to_beginning(tp))
             else:
-                self._consumer.seek(tp, committed)
+                client.seek(tp, committed)
 
     def pause(self) -> None:
-        self._consumer.pause(*self._consumer.assignment())
+        self.paused = True
+        if self.client is not None:
+            self.client.pause(*self.client.assignment())
 
     def resume(self) -> None:
-        self._consumer.resume(*self._consumer.paused())
+        self.paused = False
+        if self.client is not None:
+            self.client.resume(*self.client.paused())
 
     async def stop(self) -> None:
-        await _quietly(self._consumer.stop())
+        """Leave the group, so the others take over its partitions without waiting for the session timeout.
+
+        aiokafka sends LeaveGroup only from generation 1 on; Tansu numbers generations from 0, so there a
+        member stopped in the group's first generation lingers until its session times out.
+        """
+        client, self.client = self.client, None
+        self._bus._consumers.discard(self)
+        if client is not None:
+            await _quietly(client.stop())
 
 
 def _message(record: Any) -> Message:
-    headers = tuple((str(k), bytes(v)) for k, v in (record.headers or ()))
+    headers = tuple((str(k), bytes(v or b"")) for k, v in (record.headers or ()))
     return Message(
-        record.topic, record.partition, record.offset, record.key, record.value, int(record.timestamp), headers
+        record.topic, int(record.partition), int(record.offset), record.key,
+        b"" if record.value is None else record.value, int(record.timestamp), headers,
     )
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
+    """Close a client after a failure; errors here would only hide the original one."""
     try:
-        await asyncio.wait_for(awaitable, 10)
-    except Exception:  # closing after a failure: nothing useful to report beyond the original error
+        await asyncio.wait_for(awaitable, CALL_TIMEOUT_S)
+    except Exception:  # nothing useful to report beyond the original error
         return

@@ -1,7 +1,9 @@
 """Hot store: latest features, production pointers, model metadata, drift results, query cache.
 
 `memory://` (embedded, one process) and `redis://` / `rediss://` (shared by daemons) behave the same;
-tests/integration/contract/test_hot_store.py runs one suite against both.
+tests/contract/test_hot_store.py runs one suite against both. Besides BackendUnavailable (unreachable, or
+closed) and NotFound, both raise what Redis would refuse: TypeError for a command on the wrong kind of
+value (WRONGTYPE), ValueError for INCR of a non-integer or a `set` TTL that is not positive.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ SCHEMES = ("memory", "redis", "rediss")
 
 @runtime_checkable
 class HotPipeline(Protocol):
-    """Commands buffered and sent in one round trip by `execute()` (MULTI/EXEC on Redis: all or nothing)."""
+    """Commands buffered and sent in one round trip by `execute()`, applied with nothing interleaved.
+
+    MULTI/EXEC semantics: an unexecuted pipeline changes nothing, but a command that fails while being
+    applied (INCR of a non-integer) does not undo the others; execute() raises its error afterwards.
+    """
 
     def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> HotPipeline: ...
     def hset(self, key: str, mapping: Mapping[str, bytes]) -> HotPipeline: ...

@@ -1,220 +1,343 @@
-"""The embedded hot store: Redis semantics (TTL, hashes, counters, MULTI pipelines, pub/sub) in one process."""
+"""The embedded hot store: Redis semantics (TTL, hashes, counters, MULTI pipelines, pub/sub) in one process.
+
+Everything a caller can observe matches tests/contract/test_hot_store.py, which runs against a real Redis too,
+so code developed against `memory://` behaves the same in production on `redis://`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
+import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from mlplat.errors import BackendUnavailable, NotFound
 
-SUBSCRIBER_QUEUE = 10_000
+SUBSCRIBER_QUEUE = 1024
+"""Messages buffered per subscriber; past this the oldest is dropped so publishers never wait."""
+SWEEP_BATCH = 1000
+"""Most expired keys freed per call, so a mass expiry never stalls the event loop (the rest go next call)."""
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_REDIS_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,19}")  # as Redis's string2ll: no "+", spaces or leading 0
 
 _Value = bytes | dict[str, bytes]
 
 
-class MemoryHotStore:
-    """Single-process and loop-confined; expiry is checked on access, so expired keys are never seen."""
+def _int64(raw: bytes) -> int | None:
+    """The integer Redis would read from a string value, or None where INCR would refuse it."""
+    if not _REDIS_INTEGER.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
 
-    def __init__(self) -> None:
+
+def check_ttl(ttl_s: float) -> float:
+    """Redis refuses SET with a zero, negative or non-numeric expiry; both backends refuse it the same way."""
+    if not 0 < ttl_s < math.inf:
+        raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+    return ttl_s
+
+
+def check_expire_ttl(ttl_s: float) -> float:
+    """EXPIRE takes any finite number of seconds; zero or less deletes the key at once."""
+    if not -math.inf < ttl_s < math.inf:
+        raise ValueError(f"ttl_s must be a finite number of seconds, got {ttl_s!r}")
+    return ttl_s
+
+
+class MemoryHotStore:
+    """Single-process and loop-confined (no locks: every method runs to completion without awaiting).
+
+    Expired keys are invisible from the moment their deadline passes (checked on every access) and are
+    also swept from memory, a bounded batch at the start of each call, so unread keys do not pile up.
+    """
+
+    def __init__(self, *, subscriber_queue: int = SUBSCRIBER_QUEUE) -> None:
+        if subscriber_queue < 1:
+            raise ValueError(f"subscriber_queue must be at least 1, got {subscriber_queue}")
         self._data: dict[str, _Value] = {}
         self._expires: dict[str, float] = {}
-        self._subscribers: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self._deadlines: list[tuple[float, str]] = []  # heap; entries whose TTL changed since are stale
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._subscriber_queue = subscriber_queue
         self._closed = False
         self.dropped_messages = 0
+        """Messages lost by slow subscribers since start (their queue was full)."""
 
     @property
     def url(self) -> str:
         return "memory://"
 
-    def _check(self) -> None:
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+
+    def _enter(self) -> None:
+        """Every public call starts here: refuse after aclose(), then reclaim what has expired."""
         if self._closed:
             raise BackendUnavailable("hot store memory:// is closed")
+        now = time.monotonic()
+        for _ in range(SWEEP_BATCH):
+            if not self._deadlines or self._deadlines[0][0] > now:
+                break
+            deadline, key = heapq.heappop(self._deadlines)
+            if self._expires.get(key) == deadline:
+                self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        self._data.pop(key, None)
+        self._expires.pop(key, None)
+
+    def _set_deadline(self, key: str, ttl_s: float) -> None:
+        deadline = time.monotonic() + ttl_s
+        self._expires[key] = deadline
+        heapq.heappush(self._deadlines, (deadline, key))
+        if len(self._deadlines) > 2 * len(self._expires) + 64:  # keys re-TTL'd often: drop the stale entries
+            self._deadlines = [(d, k) for k, d in self._expires.items()]
+            heapq.heapify(self._deadlines)
 
     def _live(self, key: str) -> _Value | None:
         deadline = self._expires.get(key)
         if deadline is not None and time.monotonic() >= deadline:
-            self._data.pop(key, None)
-            self._expires.pop(key, None)
+            self._forget(key)
             return None
         return self._data.get(key)
 
     def _bytes(self, key: str) -> bytes | None:
         value = self._live(key)
         if isinstance(value, dict):
-            raise TypeError(f"WRONGTYPE {key!r} holds a hash, not a string")
+            raise TypeError(f"WRONGTYPE hot store key {key!r} holds a hash, not a string")
         return value
 
     def _hash(self, key: str) -> dict[str, bytes] | None:
         value = self._live(key)
-        if value is not None and not isinstance(value, dict):
-            raise TypeError(f"WRONGTYPE {key!r} holds a string, not a hash")
+        if isinstance(value, bytes):
+            raise TypeError(f"WRONGTYPE hot store key {key!r} holds a string, not a hash")
         return value
 
-    async def connect(self) -> None:
-        self._check()
-
-    async def ping(self) -> None:
-        self._check()
-
-    async def get(self, key: str) -> bytes | None:
-        self._check()
-        return self._bytes(key)
-
-    async def mget(self, keys: list[str]) -> list[bytes | None]:
-        self._check()
-        return [v if isinstance(v := self._live(k), bytes) else None for k in keys]
+    # -- commands, shared by the store and its pipelines -----------------------------------------------------
 
     def _set(self, key: str, value: bytes, ttl_s: float | None) -> None:
         self._data[key] = bytes(value)
         if ttl_s is None:
-            self._expires.pop(key, None)  # SET without EX clears an old TTL, as Redis does
+            self._expires.pop(key, None)  # SET without PX clears an old TTL, as Redis does
         else:
-            self._expires[key] = time.monotonic() + ttl_s
-
-    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        self._check()
-        self._set(key, value, ttl_s)
+            self._set_deadline(key, ttl_s)
 
     def _delete(self, keys: tuple[str, ...]) -> int:
         removed = 0
         for key in keys:
             if self._live(key) is not None:
                 removed += 1
-            self._data.pop(key, None)
-            self._expires.pop(key, None)
+                self._forget(key)
         return removed
 
+    def _expire(self, key: str, ttl_s: float) -> bool:
+        if self._live(key) is None:
+            return False
+        if ttl_s <= 0:  # PEXPIRE with a deadline in the past deletes at once
+            self._forget(key)
+        else:
+            self._set_deadline(key, ttl_s)
+        return True
+
+    def _incr(self, key: str, amount: int) -> int:
+        current = self._bytes(key)
+        start = 0 if current is None else _int64(current)
+        if start is None:
+            raise ValueError(f"hot store key {key!r}: value is not an integer or out of range")
+        if not _INT64_MIN <= amount <= _INT64_MAX:
+            raise ValueError(f"increment {amount} is not an integer or out of range")
+        value = start + amount
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"hot store key {key!r}: increment or decrement would overflow")
+        self._data[key] = str(value).encode()  # the TTL, if any, is kept, as INCRBY does
+        return value
+
+    def _hset(self, key: str, mapping: Mapping[str, bytes]) -> None:
+        if not mapping:  # Redis has no empty hashes; the Redis backend sends nothing either
+            return
+        current = self._hash(key)
+        if current is None:
+            current = self._data[key] = {}
+        current.update({field: bytes(value) for field, value in mapping.items()})  # the TTL is kept
+
+    # -- HotStore -------------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._enter()
+
+    async def ping(self) -> None:
+        self._enter()
+
+    async def get(self, key: str) -> bytes | None:
+        self._enter()
+        return self._bytes(key)
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        self._enter()
+        return [value if isinstance(value := self._live(key), bytes) else None for key in keys]  # MGET: nil
+
+    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        self._enter()
+        self._set(key, value, None if ttl_s is None else check_ttl(ttl_s))
+
     async def delete(self, *keys: str) -> int:
-        self._check()
+        self._enter()
         return self._delete(keys)
 
     async def exists(self, key: str) -> bool:
-        self._check()
+        self._enter()
         return self._live(key) is not None
 
     async def ttl(self, key: str) -> float | None:
-        self._check()
+        self._enter()
         if self._live(key) is None:
             raise NotFound(f"hot store key {key!r} does not exist")
         deadline = self._expires.get(key)
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
-    def _expire(self, key: str, ttl_s: float) -> bool:
-        if self._live(key) is None:
-            return False
-        self._expires[key] = time.monotonic() + ttl_s
-        return True
-
     async def expire(self, key: str, ttl_s: float) -> bool:
-        self._check()
-        return self._expire(key, ttl_s)
-
-    def _incr(self, key: str, amount: int) -> int:
-        current = self._bytes(key)
-        try:
-            value = int(current or b"0") + amount
-        except ValueError:
-            raise ValueError(f"value of {key!r} is not an integer") from None
-        self._data[key] = str(value).encode()
-        return value
+        self._enter()
+        return self._expire(key, check_expire_ttl(ttl_s))
 
     async def incr(self, key: str, amount: int = 1) -> int:
-        self._check()
+        self._enter()
         return self._incr(key, amount)
 
-    def _hset(self, key: str, mapping: Mapping[str, bytes]) -> None:
-        current = self._hash(key)
-        if current is None:
-            current = {}
-            self._data[key] = current
-        current.update({k: bytes(v) for k, v in mapping.items()})
-
     async def hset(self, key: str, mapping: Mapping[str, bytes]) -> None:
-        self._check()
+        self._enter()
         self._hset(key, mapping)
 
     async def hget(self, key: str, field: str) -> bytes | None:
-        self._check()
+        self._enter()
         current = self._hash(key)
         return None if current is None else current.get(field)
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        self._check()
+        self._enter()
         return dict(self._hash(key) or {})
 
     async def hdel(self, key: str, *fields: str) -> int:
-        self._check()
+        self._enter()
         current = self._hash(key)
         if current is None:
             return 0
-        removed = sum(1 for f in fields if current.pop(f, None) is not None)
-        if not current:
-            self._delete((key,))
+        removed = sum(1 for field in fields if current.pop(field, None) is not None)
+        if not current:  # the last field gone: the key goes too, as in Redis
+            self._forget(key)
         return removed
 
     async def scan_keys(self, prefix: str) -> list[str]:
-        self._check()
+        self._enter()
         return sorted(k for k in list(self._data) if k.startswith(prefix) and self._live(k) is not None)
 
     def pipeline(self) -> MemoryPipeline:
         return MemoryPipeline(self)
 
     async def publish(self, channel: str, message: bytes) -> int:
-        self._check()
-        queues = self._subscribers.get(channel, set())
-        for queue in queues:
-            if queue.full():  # a slow subscriber loses its oldest message rather than blocking publishers
-                queue.get_nowait()
+        self._enter()
+        subscribers = self._subscribers.get(channel, set())
+        message = bytes(message)
+        for subscriber in subscribers:
+            if subscriber.push(message):
                 self.dropped_messages += 1
-            queue.put_nowait(bytes(message))
-        return len(queues)
+        return len(subscribers)
 
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        self._check()
         return self._subscription(channel)
 
     @asynccontextmanager
     async def _subscription(self, channel: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
-        self._subscribers.setdefault(channel, set()).add(queue)
-
-        async def messages() -> AsyncIterator[bytes]:
-            while True:
-                yield await queue.get()
-
+        self._enter()
+        subscriber = _Subscriber(self, self._subscriber_queue)
+        self._subscribers.setdefault(channel, set()).add(subscriber)  # active before the caller gets control
         try:
-            yield messages()
+            yield subscriber
         finally:
+            subscriber.end()
             subscribers = self._subscribers.get(channel)
             if subscribers is not None:
-                subscribers.discard(queue)
+                subscribers.discard(subscriber)
                 if not subscribers:
                     del self._subscribers[channel]
 
     async def aclose(self) -> None:
+        """Idempotent. Wakes every subscriber, whose next message then raises BackendUnavailable."""
         self._closed = True
+        for subscribers in self._subscribers.values():
+            for subscriber in subscribers:
+                subscriber.wake()
+        self._data.clear()
+        self._expires.clear()
+        self._deadlines.clear()
+
+
+class _Subscriber:
+    """One subscription's bounded buffer and its async iterator."""
+
+    def __init__(self, store: MemoryHotStore, limit: int) -> None:
+        self._store = store
+        self._buffer: deque[bytes] = deque(maxlen=limit)
+        self._wakeup = asyncio.Event()
+        self._ended = False
+
+    def push(self, message: bytes) -> bool:
+        """Buffer a message without ever waiting; True when the oldest buffered one had to be dropped."""
+        dropped = len(self._buffer) == self._buffer.maxlen
+        self._buffer.append(message)  # a full deque with maxlen discards from the other end
+        self._wakeup.set()
+        return dropped
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def end(self) -> None:
+        self._ended = True
+        self._wakeup.set()
+
+    def __aiter__(self) -> _Subscriber:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._store._closed:
+                raise BackendUnavailable("hot store memory:// is closed")
+            if self._ended:
+                raise StopAsyncIteration
+            if self._buffer:
+                return self._buffer.popleft()
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
 
 class MemoryPipeline:
-    """Buffers commands and applies them all at once in execute(), with nothing interleaved (MULTI/EXEC)."""
+    """Buffers commands and applies them in execute() with nothing interleaved, like MULTI/EXEC.
+
+    As in Redis, a command that fails when applied (e.g. INCR of a non-integer) does not undo the others:
+    all are applied, then execute() raises the first error.
+    """
 
     def __init__(self, store: MemoryHotStore) -> None:
         self._store = store
         self._ops: list[Callable[[], object]] = []
 
     def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> MemoryPipeline:
-        self._ops.append(lambda: self._store._set(key, value, ttl_s))
+        data, ttl = bytes(value), None if ttl_s is None else check_ttl(ttl_s)
+        self._ops.append(lambda: self._store._set(key, data, ttl))
         return self
 
     def hset(self, key: str, mapping: Mapping[str, bytes]) -> MemoryPipeline:
-        snapshot = dict(mapping)
+        snapshot = {field: bytes(value) for field, value in mapping.items()}
         self._ops.append(lambda: self._store._hset(key, snapshot))
         return self
 
     def expire(self, key: str, ttl_s: float) -> MemoryPipeline:
-        self._ops.append(lambda: self._store._expire(key, ttl_s))
+        ttl = check_expire_ttl(ttl_s)
+        self._ops.append(lambda: self._store._expire(key, ttl))
         return self
 
     def delete(self, *keys: str) -> MemoryPipeline:
@@ -226,7 +349,13 @@ class MemoryPipeline:
         return self
 
     async def execute(self) -> None:
-        self._store._check()
+        self._store._enter()
         ops, self._ops = self._ops, []
+        first_error: Exception | None = None
         for op in ops:
-            op()
+            try:
+                op()
+            except (TypeError, ValueError) as e:
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error

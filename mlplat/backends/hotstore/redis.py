@@ -1,204 +1,323 @@
 """The production hot store on Redis (redis-py asyncio), shared by every daemon pointing at the same server.
 
-Connection failures are retried with capped exponential backoff by redis-py itself; what still fails
-surfaces as BackendUnavailable naming the URL without its password. The pool reconnects by itself when
-the server returns, so the same object keeps working after an outage.
+Connection failures are retried with capped exponential backoff by redis-py itself, and every call has an
+overall deadline, so an outage surfaces within seconds as BackendUnavailable naming the URL without its
+password. The pool drops broken connections and opens new ones, so the same object works again once the
+server is back; nothing has to be rebuilt.
+
+Caveat inherited from Redis clients in general: a command whose connection breaks after it was sent is
+retried, so an INCR (or a pipeline holding one) can, rarely, be applied twice across an outage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
+from mlplat.backends.hotstore.memory import check_expire_ttl, check_ttl
 from mlplat.backends.urls import redact_url
 from mlplat.errors import BackendError, BackendUnavailable, NotFound
 
 T = TypeVar("T")
+
+CALL_TIMEOUT_S = 5.0
+"""Bound on one call, retries included: callers (readiness, the query cache) must not hang in an outage."""
+CONNECT_TIMEOUT_S = 1.0
+READ_TIMEOUT_S = 3.0
+RETRIES = 3
+SUBSCRIBE_POLL_S = 1.0
+"""How often an idle subscription wakes, which is when redis-py sends its health-check PING."""
+SCAN_COUNT = 1000
+
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 class RedisHotStore:
+    """A HotStore on one Redis server (or proxy); safe to share between the tasks of one event loop."""
+
     def __init__(self, url: str, *, password: str | None = None) -> None:
         self._url = redact_url(url)
-        kwargs: dict[str, Any] = {
-            "socket_connect_timeout": 2.0,
-            "socket_timeout": 5.0,
-            "health_check_interval": 15,
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+        url_password = urlsplit(url).password
+        self._secrets = {s for s in (password, unquote(url_password or "")) if s}
+        options: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": READ_TIMEOUT_S,
+            "socket_keepalive": True,
+            "health_check_interval": 15,  # PING a connection idle this long before using it again
+            # the asyncio Retry: redis.retry.Retry would be called without being awaited and never retry
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=RETRIES),
         }
-        if password is not None:
-            kwargs["password"] = password
-        self._client: aioredis.Redis = aioredis.Redis.from_url(url, **kwargs)
+        if password:
+            # redis-py lets the URL's password win over keyword arguments; ours must win instead
+            url = _without_password(url)
+            options["password"] = password
+        self._client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        self._closed = False
 
     @property
     def url(self) -> str:
         return self._url
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
+    async def _call(self, command: Callable[[], Awaitable[T]], *, timeout_s: float = CALL_TIMEOUT_S) -> T:
+        """Run one command under the call deadline and translate redis-py's errors into mlplat's."""
+        if self._closed:
+            raise BackendUnavailable(f"hot store {self._url} is closed")
         try:
-            return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise BackendUnavailable(f"hot store {self._url} unreachable: {_reason(e)}") from None
+            async with asyncio.timeout(timeout_s):  # cancelling a read makes redis-py drop that connection
+                return await command()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:  # OSError covers asyncio's timeout
+            if type(e) is TimeoutError:
+                reason = f"no answer within {timeout_s:g}s"
+            elif isinstance(e, AuthenticationError):  # up but saying no: fix the password, not the network
+                reason = f"authentication failed: {self._reason(e)}"
+            else:
+                reason = self._reason(e)
+            raise BackendUnavailable(f"hot store {self._url} unreachable: {reason}") from None
+        except ResponseError as e:
+            raise self._command_error(e) from None
         except RedisError as e:
-            raise BackendError(f"hot store {self._url}: {_reason(e)}") from None
+            raise BackendError(f"hot store {self._url}: {self._reason(e)}") from None
+
+    def _command_error(self, error: ResponseError) -> Exception:
+        """The same exception types the memory backend raises for the same mistakes."""
+        reason = self._reason(error)
+        if reason.startswith("WRONGTYPE"):
+            return TypeError(f"hot store {self._url}: {reason}")
+        if "not an integer" in reason or "would overflow" in reason:
+            return ValueError(f"hot store {self._url}: {reason}")
+        return BackendError(f"hot store {self._url}: {reason}")
+
+    def _reason(self, error: BaseException) -> str:
+        text = " ".join((str(error) or type(error).__name__).split())
+        for secret in self._secrets:  # no redis-py message is known to echo it, but never risk a leak
+            text = text.replace(secret, "***")
+        return text
 
     async def connect(self) -> None:
         await self.ping()
 
     async def ping(self) -> None:
-        await self._call(self._client.ping())
+        await self._call(self._client.ping)
 
     async def get(self, key: str) -> bytes | None:
-        return _as_bytes(await self._call(self._client.get(key)))
+        return _bytes(await self._call(functools.partial(self._client.get, key)))
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
+        if not keys:  # MGET needs at least one key
             return []
-        return [_as_bytes(v) for v in await self._call(self._client.mget(keys))]
+        return [_bytes(v) for v in await self._call(functools.partial(self._client.mget, keys))]
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        px = None if ttl_s is None else max(int(ttl_s * 1000), 1)
-        await self._call(self._client.set(key, value, px=px))
+        px = None if ttl_s is None else _set_ms(ttl_s)
+        await self._call(functools.partial(self._client.set, key, value, px=px))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        return int(await self._call(self._client.delete(*keys)))
+        return int(await self._call(functools.partial(self._client.delete, *keys)))
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._call(self._client.exists(key)))
+        return bool(await self._call(functools.partial(self._client.exists, key)))
 
     async def ttl(self, key: str) -> float | None:
-        ms = int(await self._call(self._client.pttl(key)))
+        ms = int(await self._call(functools.partial(self._client.pttl, key)))
         if ms == -2:
             raise NotFound(f"hot store key {key!r} does not exist")
         return None if ms == -1 else ms / 1000
 
     async def expire(self, key: str, ttl_s: float) -> bool:
-        return bool(await self._call(self._client.pexpire(key, max(int(ttl_s * 1000), 1))))
+        return bool(await self._call(functools.partial(self._client.pexpire, key, _expire_ms(ttl_s))))
 
     async def incr(self, key: str, amount: int = 1) -> int:
-        try:
-            return int(await self._call(self._client.incrby(key, amount)))
-        except BackendError as e:
-            if "not an integer" in str(e):
-                raise ValueError(f"value of {key!r} is not an integer") from None
-            raise
+        return int(await self._call(functools.partial(self._client.incrby, key, amount)))
 
     async def hset(self, key: str, mapping: Mapping[str, bytes]) -> None:
-        if mapping:
-            await self._call(self._client.hset(key, mapping=dict(mapping)))  # type: ignore[arg-type]
+        if mapping:  # HSET needs at least one field
+            fields: dict[FieldT, EncodableT] = {field: value for field, value in mapping.items()}
+            await self._call(functools.partial(self._client.hset, key, mapping=fields))
 
     async def hget(self, key: str, field: str) -> bytes | None:
-        return _as_bytes(await self._call(self._client.hget(key, field)))
+        return _bytes(await self._call(functools.partial(self._client.hget, key, field)))
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        raw = await self._call(self._client.hgetall(key))
-        return {_text(k): _as_bytes(v) or b"" for k, v in raw.items()}
+        raw = await self._call(functools.partial(self._client.hgetall, key))
+        return {_text(field): _bytes(value) or b"" for field, value in raw.items()}
 
     async def hdel(self, key: str, *fields: str) -> int:
         if not fields:
             return 0
-        return int(await self._call(self._client.hdel(key, *fields)))
+        return int(await self._call(functools.partial(self._client.hdel, key, *fields)))
 
     async def scan_keys(self, prefix: str) -> list[str]:
+        """SCAN in batches, each with its own deadline: a big keyspace neither blocks Redis nor times out."""
         pattern = _GLOB_SPECIAL.sub(r"\\\1", prefix) + "*"
-
-        async def collect() -> list[str]:
-            return [k.decode() async for k in self._client.scan_iter(match=pattern, count=1000)]
-
-        return sorted(await self._call(collect()))
+        found: set[str] = set()  # SCAN may return a key more than once
+        cursor = 0
+        while True:
+            cursor, batch = await self._call(
+                functools.partial(self._client.scan, cursor, match=pattern, count=SCAN_COUNT)
+            )
+            found.update(_text(key) for key in batch)
+            if cursor == 0:
+                return sorted(found)
 
     def pipeline(self) -> RedisPipeline:
         return RedisPipeline(self)
 
+    async def _execute(self, ops: list[Callable[[Pipeline], object]]) -> None:
+        """One MULTI/EXEC round trip; a command that failed inside it raises like the single command would."""
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for op in ops:
+                    op(pipe)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+                return results
+
+        if self._closed:
+            raise BackendUnavailable(f"hot store {self._url} is closed")
+        if not ops:
+            return
+        for result in await self._call(run):
+            if isinstance(result, ResponseError):
+                raise self._command_error(result)
+
     async def publish(self, channel: str, message: bytes) -> int:
-        return int(await self._call(self._client.publish(channel, message)))
+        return int(await self._call(functools.partial(self._client.publish, channel, message)))
 
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         return self._subscription(channel)
 
     @asynccontextmanager
     async def _subscription(self, channel: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._client.pubsub()  # its own connection: a subscribed connection can run nothing else
+        messages = _RedisMessages(self, pubsub)
+        confirmed = False
         try:
-            await self._call(pubsub.subscribe(channel))
-            # wait for the server's confirmation, so a publish after entering is never missed
-            await self._call(pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0))
-
-            async def messages() -> AsyncIterator[bytes]:
-                while True:
-                    msg = await self._call(pubsub.get_message(timeout=1.0))
-                    if msg is not None and msg.get("type") == "message":
-                        yield bytes(msg["data"])
-
-            yield messages()
+            await self._call(functools.partial(pubsub.subscribe, channel))
+            # SUBSCRIBE and a later PUBLISH travel on different connections: only the server's confirmation
+            # proves a publish made after we return will be delivered
+            await self._call(functools.partial(_await_reply, pubsub, "subscribe", channel))
+            confirmed = True
+            yield messages
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.unsubscribe(channel)
+            messages.end()
+            if confirmed and not self._closed:
+                with contextlib.suppress(BackendError, RuntimeError):  # best effort: closing drops it anyway
+                    await self._call(functools.partial(_unsubscribe, pubsub, channel), timeout_s=2.0)
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Idempotent: closes every pooled connection."""
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
 
-    async def run_pipeline(self, ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
-        async def go() -> None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                for name, args, kwargs in ops:
-                    getattr(pipe, name)(*args, **kwargs)
-                await pipe.execute()
 
-        await self._call(go())
+class _RedisMessages:
+    """The payloads published on one subscribed channel, in order; ends when the subscription is left."""
+
+    def __init__(self, store: RedisHotStore, pubsub: PubSub) -> None:
+        self._store = store
+        self._pubsub = pubsub
+        self._ended = asyncio.Event()  # an Event rather than a bool: another task may set it while we await
+
+    def end(self) -> None:
+        self._ended.set()
+
+    def __aiter__(self) -> _RedisMessages:
+        return self
+
+    async def __anext__(self) -> bytes:
+        poll = functools.partial(self._pubsub.get_message, timeout=SUBSCRIBE_POLL_S)
+        while not self._ended.is_set():
+            try:
+                message: dict[str, Any] | None = await self._store._call(poll)
+            except (BackendError, RuntimeError):
+                if self._ended.is_set():  # the subscription was closed under a reader in another task
+                    break
+                raise
+            if message is not None and message["type"] == "message":  # not (re)subscribe confirmations
+                return bytes(message["data"])
+        raise StopAsyncIteration
+
+
+async def _await_reply(pubsub: PubSub, kind: str, channel: str) -> None:
+    """Read until the server confirms `kind` (subscribe/unsubscribe) of channel; callers bound the wait."""
+    expected = channel.encode()
+    while True:
+        message = await pubsub.get_message(timeout=SUBSCRIBE_POLL_S)
+        if message is not None and message["type"] == kind and message["channel"] == expected:
+            return
+
+
+async def _unsubscribe(pubsub: PubSub, channel: str) -> None:
+    # waiting for the confirmation means a publish made after leaving the context no longer counts us
+    await pubsub.unsubscribe(channel)
+    await _await_reply(pubsub, "unsubscribe", channel)
 
 
 class RedisPipeline:
-    """MULTI/EXEC: every buffered command is applied, or none."""
+    """MULTI/EXEC: the commands run back to back with nothing interleaved.
+
+    As in Redis, a command that fails when applied (e.g. INCR of a non-integer) does not undo the others:
+    all are applied, then execute() raises the first error.
+    """
 
     def __init__(self, store: RedisHotStore) -> None:
         self._store = store
-        self._ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._ops: list[Callable[[Pipeline], object]] = []
 
     def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> RedisPipeline:
-        px = None if ttl_s is None else max(int(ttl_s * 1000), 1)
-        self._ops.append(("set", (key, value), {"px": px}))
+        data, px = bytes(value), None if ttl_s is None else _set_ms(ttl_s)
+        self._ops.append(lambda pipe: pipe.set(key, data, px=px))
         return self
 
     def hset(self, key: str, mapping: Mapping[str, bytes]) -> RedisPipeline:
-        if mapping:
-            self._ops.append(("hset", (key,), {"mapping": dict(mapping)}))
+        fields: dict[FieldT, EncodableT] = {field: value for field, value in mapping.items()}
+        if fields:
+            self._ops.append(lambda pipe: pipe.hset(key, mapping=fields))
         return self
 
     def expire(self, key: str, ttl_s: float) -> RedisPipeline:
-        self._ops.append(("pexpire", (key, max(int(ttl_s * 1000), 1)), {}))
+        ms = _expire_ms(ttl_s)
+        self._ops.append(lambda pipe: pipe.pexpire(key, ms))
         return self
 
     def delete(self, *keys: str) -> RedisPipeline:
         if keys:
-            self._ops.append(("delete", keys, {}))
+            self._ops.append(lambda pipe: pipe.delete(*keys))
         return self
 
     def incr(self, key: str) -> RedisPipeline:
-        self._ops.append(("incr", (key,), {}))
+        self._ops.append(lambda pipe: pipe.incrby(key, 1))
         return self
 
     async def execute(self) -> None:
         ops, self._ops = self._ops, []
-        if ops:
-            await self._store.run_pipeline(ops)
+        await self._store._execute(ops)
 
 
-def _as_bytes(value: bytes | str | None) -> bytes | None:
+# decode_responses is off, so replies are bytes; redis-py's types also allow str, which these convert
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
@@ -206,6 +325,19 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _reason(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return " ".join(text.split())
+def _set_ms(ttl_s: float) -> int:
+    """Milliseconds for SET PX, rounded up so a tiny positive TTL never becomes the invalid 0."""
+    return math.ceil(check_ttl(ttl_s) * 1000)
+
+
+def _expire_ms(ttl_s: float) -> int:
+    return math.ceil(check_expire_ttl(ttl_s) * 1000)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{hostport}" if user else hostport))
