@@ -93,27 +93,50 @@ def generate_events(
     bad_fraction: BadOption = 0.0,
     entities: Annotated[int, typer.Option(min=1, help="Distinct entities.")] = 1000,
     seed: SeedOption = 0,
+    labels: Annotated[
+        str | None, typer.Option(help="Also send ground-truth label events to this feature set (e.g. user_labels).")
+    ] = None,
+    label_delay_s: Annotated[float, typer.Option(min=0.0, help="How much later each label arrives.")] = 5.0,
     target: TargetOption = "127.0.0.1:50051",
     json_out: JsonOption = False,
 ) -> None:
-    """Stream events to the daemon's bus at a steady rate (through its Publish RPC)."""
+    """Stream events to the daemon's bus at a steady rate (through its Publish RPC).
+
+    With --labels, each valid event's ground truth follows --label-delay-s later, as labels do in real life.
+    """
+    from collections import deque
+
     from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
-    from mlplat.ingest.generator import GeneratorSpec, generate_payloads
+    from mlplat.ingest.generator import GeneratorSpec, generate_labelled
 
     spec = _spec(features, feature_set, shift, bad_fraction, seed, entities)
     assert isinstance(spec, GeneratorSpec)
     batch = max(1, int(rate / 20))  # twenty sends a second keeps the pace smooth
 
+    pending: deque[tuple[float, ingest_pb2.PublishRequest]] = deque()
+
+    def due_labels(until: float) -> Iterator[ingest_pb2.PublishRequest]:
+        while pending and pending[0][0] <= until:
+            yield pending.popleft()[1]
+
     def paced() -> Iterator[ingest_pb2.PublishRequest]:
         sent, started = 0, time.monotonic()
         while not count or sent < count:
             n = batch if not count else min(batch, count - sent)
-            for key, payload in generate_payloads(spec, n, sent):
+            now = time.monotonic()
+            for key, payload, label in generate_labelled(spec, n, sent):
                 yield ingest_pb2.PublishRequest(feature_set=feature_set, key=key, payload=payload)
+                if labels and label is not None:
+                    pending.append((now + label_delay_s,
+                                    ingest_pb2.PublishRequest(feature_set=labels, key=key, payload=label)))
+            yield from due_labels(time.monotonic())
             sent += n
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
+        while pending:  # the last labels are still on their way
+            time.sleep(max(pending[0][0] - time.monotonic(), 0))
+            yield from due_labels(time.monotonic())
 
     with channel(target) as ch:
         try:

@@ -108,20 +108,28 @@ def _corrupt(record: dict[str, Any], kind: str, spec: GeneratorSpec) -> bytes:
 def generate_payloads(
     spec: GeneratorSpec, n: int, offset: int = 0, *, well_formed: bool = False
 ) -> list[tuple[bytes, bytes]]:
+    return [(key, payload) for key, payload, _ in generate_labelled(spec, n, offset, well_formed=well_formed)]
+
+
+def generate_labelled(
+    spec: GeneratorSpec, n: int, offset: int = 0, *, well_formed: bool = False
+) -> list[tuple[bytes, bytes, bytes | None]]:
     """(key, JSON bytes) pairs; about bad_fraction of them are invalid, in rotating kinds.
 
     well_formed: never emit broken JSON syntax (inside one JSON array it would break every later item).
     """
     rng = np.random.default_rng([spec.seed, offset, 1])
     bad = rng.random(n) < spec.bad_fraction
-    out = []
+    out: list[tuple[bytes, bytes, bytes | None]] = []
     for i, record in enumerate(generate_records(spec, n, offset)):
         key = str(record[spec.entity_key]).encode()
         kind = BAD_KINDS[(offset + i) % len(BAD_KINDS)]
         if well_formed and kind == "invalid_json":
             kind = "wrong_type"
-        payload = _corrupt(record, kind, spec) if bad[i] else json.dumps(record).encode()
-        out.append((key, payload))
+        if bad[i]:
+            out.append((key, _corrupt(record, kind, spec), None))  # a rejected event gets no label
+        else:
+            out.append((key, json.dumps(record).encode(), json.dumps(label_for(record, spec)).encode()))
     return out
 
 
@@ -130,7 +138,7 @@ def label_for(record: dict[str, Any], spec: GeneratorSpec) -> dict[str, Any]:
     numeric = [record[f.name] for f in spec.fs.features if f.type in ("int", "float") and record[f.name] is not None]
     score = float(np.tanh(sum(numeric) / max(len(numeric), 1) / 50.0)) if numeric else 0.0
     noise = (zlib.crc32(record["event_id"].encode()) % 1000) / 1000 - 0.5
-    return {"event_id": record["event_id"], spec.entity_key: record[spec.entity_key],
+    return {"event_id": f"label-{record['event_id']}", spec.entity_key: record[spec.entity_key],
             "event_time": record["event_time"], "label": int(score + noise * 0.4 > 0.3)}
 
 

@@ -58,17 +58,24 @@ def test_generate_a_file_and_ingest_it(daemon: RunningDaemon, tmp_path: Path, fm
 def test_streamed_events_are_ingested_and_bad_ones_dead_lettered(daemon: RunningDaemon) -> None:
     """`generate events` publishes through the daemon; ingest takes every event: rows plus dead letters."""
     sent = daemon.cli("generate", "events", "--count", "2000", "--rate", "4000", "--bad-fraction", "0.05",
-                      "--features", FEATURES, "--json")
+                      "--labels", "user_labels", "--label-delay-s", "0.5", "--features", FEATURES, "--json")
     assert sent.returncode == 0, sent.stderr
-    assert json.loads(sent.stdout)["published"] == 2000
+    published = json.loads(sent.stdout)["published"]
     deadline = time.monotonic() + 60
     while True:
-        total = scalar(daemon, "SELECT (SELECT count(*) FROM fs_user_activity) + (SELECT count(*) FROM dead_letters)")
-        if total == 2000 or time.monotonic() > deadline:
+        total = scalar(daemon, "SELECT (SELECT count(*) FROM fs_user_activity) + (SELECT count(*) FROM dead_letters)"
+                               " + (SELECT count(*) FROM fs_user_labels)")
+        if total == published or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert total == 2000
-    assert 0 < scalar(daemon, "SELECT count(*) FROM dead_letters") < 300
+    assert total == published
+    dead = scalar(daemon, "SELECT count(*) FROM dead_letters")
+    assert 0 < dead < 300
+    # every valid event has its label, which arrived later; rejected events have none
+    assert published == 2000 + (2000 - dead)
+    assert scalar(daemon, "SELECT count(*) FROM fs_user_labels") == 2000 - dead
+    assert scalar(daemon, "SELECT count(*) FROM fs_user_labels l JOIN fs_user_activity a "
+                          "ON l.event_id = 'label-' || a.event_id AND l.ingest_time > a.ingest_time") > 0
     _, metrics = daemon.http("/metrics")
     assert 'mlplat_ingest_events_total{feature_set="user_activity",outcome="accepted"}' in metrics
     assert "mlplat_dead_letters_total" in metrics
