@@ -149,7 +149,9 @@ class BalancerSettings(_Section):
         default_factory=lambda: {"ingest": 8.0, "serve": 4.0, "monitor": 2.0, "train": 1.0},
         description="share of free workers per priority class under contention (weighted, never strict)",
     )
-    preempt_after_ms: float = Field(2.0, ge=0, description="ingest/serve backlog older than this preempts training")
+    preempt_after_ms: float = Field(
+        0.0, ge=0, description="ingest/serve work waiting longer than this preempts training (pausing is cheap)"
+    )
     inline_max_ms: float = Field(0.5, ge=0, description="jobs expected to be cheaper than this run on the loop")
     cpu_saturated_percent: float = Field(
         90.0, gt=0, le=100, description="above this system CPU, low-priority process jobs wait"

@@ -221,7 +221,7 @@ class ProcessLane(_Lane):
         if self.idle:
             slot.pause()
             self.paused.append(slot)
-            log.info("job_paused", job=job.name, reason="ingest/serve backlog")
+            log.debug("job_paused", job=job.name, reason="ingest/serve backlog")
         else:
             job.preempted = True
             slot.kill()
