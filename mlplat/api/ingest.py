@@ -51,8 +51,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             except FileFormatError as e:
                 raise ValueError(str(e)) from None
             finally:
-                with contextlib.suppress(OSError):
-                    spool.unlink()
+                await asyncio.to_thread(_remove, spool)
         return ingest_pb2.UploadResponse(
             upload_id=summary.upload_id, rows_accepted=summary.rows_accepted, rows_rejected=summary.rows_rejected,
             first_reasons=summary.first_reasons, seconds=summary.seconds, partitions=summary.partitions,
@@ -93,7 +92,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return header
 
     async def _spool(self, requests: AsyncIterator[ingest_pb2.UploadRequest], upload_id: str, size: int) -> Path:
-        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._spool_dir.mkdir, parents=True, exist_ok=True)
         path = self._spool_dir / f"{upload_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
         received = 0
         f = await asyncio.to_thread(path.open, "wb")
@@ -108,14 +107,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await asyncio.to_thread(f.flush)
         except BaseException:
             f.close()
-            with contextlib.suppress(OSError):
-                path.unlink()
+            await asyncio.shield(asyncio.to_thread(_remove, path))
             raise
         f.close()
         if size and received != size:
-            path.unlink()
+            await asyncio.to_thread(_remove, path)
             raise ValueError(f"upload ended after {received} of {size} bytes (truncated); nothing was ingested")
         return path
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _fmt_of(filename: str) -> str | None:

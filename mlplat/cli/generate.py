@@ -7,11 +7,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlplat.cli.client import JsonOption, TargetOption, channel
+
+if TYPE_CHECKING:  # the generator pulls in numpy and pyarrow: import it only when a command runs
+    from mlplat.ingest.generator import GeneratorSpec
 
 generate_app = typer.Typer(help="Realistic random events: files for `mlplat ingest`, or a live stream.",
                            no_args_is_help=True)
@@ -27,7 +30,7 @@ SeedOption = Annotated[int, typer.Option(help="Random seed: the same seed gives 
 
 
 def _spec(features: Path, feature_set: str, shift: list[str] | None, bad: float, seed: int,
-          entities: int) -> object:
+          entities: int) -> GeneratorSpec:
     from mlplat.features.definitions import load_catalog
     from mlplat.ingest.generator import GeneratorSpec
 
@@ -65,12 +68,11 @@ def generate_file(
     json_out: JsonOption = False,
 ) -> None:
     """Write a file of events (written in chunks, so any size fits in memory)."""
-    from mlplat.ingest.generator import GeneratorSpec, write_file
+    from mlplat.ingest.generator import write_file
 
     if fmt not in ("parquet", "csv", "ndjson", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: expected parquet, csv, ndjson or json")
     spec = _spec(features, feature_set, shift, bad_fraction, seed, entities)
-    assert isinstance(spec, GeneratorSpec)
     started = time.monotonic()
     for done in write_file(spec, rows, out, fmt):
         if not json_out and sys.stderr.isatty():
@@ -107,10 +109,9 @@ def generate_events(
     from collections import deque
 
     from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
-    from mlplat.ingest.generator import GeneratorSpec, generate_labelled
+    from mlplat.ingest.generator import generate_labelled
 
     spec = _spec(features, feature_set, shift, bad_fraction, seed, entities)
-    assert isinstance(spec, GeneratorSpec)
     batch = max(1, int(rate / 20))  # twenty sends a second keeps the pace smooth
 
     pending: deque[tuple[float, ingest_pb2.PublishRequest]] = deque()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
@@ -67,8 +68,6 @@ class HttpServer:
 
     async def run(self) -> None:
         # aiohttp serves from its own tasks; this service has nothing else to do until stopped
-        import asyncio
-
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
