@@ -178,7 +178,13 @@ class IngestSettings(_Section):
     dead_letter_topic: str = Field("mlplat.deadletters", description="where rejected events are published")
     spool_dir: Path = Field(Path("./.mlplat/spool"), description="where uploads are written before parsing")
     max_upload_bytes: int = Field(64 << 30, ge=1, description="largest file one upload may send")
-    partition_bytes: int = Field(32 << 20, ge=1024, description="bytes of a file one worker parses at a time")
+    partition_bytes: int = Field(16 << 20, ge=1024, description="bytes of a file one worker parses at a time")
+    # the warehouse writer commits partitions one after another: parsing faster than it commits only takes
+    # its CPU away, so by default one core is left to it
+    upload_parallel: int = Field(
+        default_factory=lambda: max(1, _cpu_count() - 1), ge=1, le=256,
+        description="worker processes parsing one upload's partitions at once",
+    )
 
 
 class LoggingSettings(_Section):

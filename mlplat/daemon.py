@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -74,7 +75,7 @@ class Daemon:
         admin = AdminServicer(self.warehouse, self.readiness, self.metrics, self.backends)
         self.batch = BatchIngest(
             self.warehouse, self.hot_store, self.features, self.balancer, self.metrics,
-            partition_bytes=settings.ingest.partition_bytes, parallel=settings.balancer.max_python_workers,
+            partition_bytes=settings.ingest.partition_bytes, parallel=settings.ingest.upload_parallel,
         )
         ingest = IngestServicer(self.batch, self.bus, self.features, self.metrics,
                                 spool_dir=settings.ingest.spool_dir, max_bytes=settings.ingest.max_upload_bytes)
@@ -128,6 +129,9 @@ class Daemon:
         except BaseException:
             await self.close_backends()
             raise
+        # everything built so far lives as long as the daemon: move it out of the collector's sight, so the
+        # full collections that ingest's many short-lived objects trigger do not walk it again and again
+        gc.freeze()
         log.info("daemon_ready", grpc=f"{self.settings.api.host}:{self.api.port}",
                  http=f"{self.settings.api.http_host}:{self.http.port}")
 
@@ -135,6 +139,7 @@ class Daemon:
         log.info("daemon_stopping")
         clean = await self.supervisor.stop()
         await self.close_backends()
+        gc.unfreeze()  # what start() froze can be collected again
         log.info("daemon_stopped", clean=clean)
         return clean
 

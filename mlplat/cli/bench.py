@@ -66,7 +66,8 @@ def bench_ingest(
     events: Annotated[int, typer.Option(min=1000, help="Events for the streaming part.")] = 200_000,
     rows: Annotated[int, typer.Option(min=1000, help="Rows in each file of the file part.")] = 500_000,
     bus: Annotated[str, typer.Option(help="memory:// or kafka://host:port for the streaming part.")] = "memory://",
-    workers: Annotated[int | None, typer.Option(help="Worker processes parsing files (default: CPU count).")]
+    workers: Annotated[int | None, typer.Option(help="Worker processes parsing files (default: as the daemon, "
+                                                "CPU count - 1, at least 1).")]
     = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -75,4 +76,5 @@ def bench_ingest(
 
     from mlplat.bench import ingest
 
-    _report(ingest.run(events, rows, bus, workers or os.cpu_count() or 2, _progress(json_out)), json_out)
+    _report(ingest.run(events, rows, bus, workers or max(1, (os.cpu_count() or 2) - 1), _progress(json_out)),
+            json_out)

@@ -33,18 +33,23 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def latest_per_entity(rows: pa.Table) -> pa.Table:
-    """The row with the newest event_time for each entity (ties: the later row), all in Arrow kernels."""
+def latest_per_entity(rows: pa.Table, arrival: np.ndarray | None = None) -> pa.Table:
+    """The row with the newest event_time for each entity; ties go to the later arrival (default: row order).
+
+    Entities are hashed to integer codes first, so the sort is over three integer columns, not strings."""
     if rows.num_rows == 0:
         return rows
-    indexed = rows.append_column("__row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
-    order = pc.sort_indices(indexed, sort_keys=[("entity_id", "ascending"), ("event_time", "ascending"),
-                                                ("__row", "ascending")])
-    ordered = indexed.take(order)
-    entity = ordered["entity_id"].combine_chunks()
-    changes = pc.not_equal(entity.slice(1), entity.slice(0, len(entity) - 1)).to_numpy(zero_copy_only=False)
-    last = np.append(np.flatnonzero(changes), len(entity) - 1)
-    return ordered.take(pa.array(last, pa.int64())).drop_columns(["__row"])
+    codes = pc.dictionary_encode(rows["entity_id"].combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    times = rows["event_time"].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ties = np.arange(rows.num_rows) if arrival is None else arrival
+    order = np.lexsort((ties, times, codes))  # the last key sorts first
+    sorted_codes = codes[order]
+    last = np.append(np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]), len(order) - 1)
+    return rows.take(pa.array(order[last], pa.int64()))
+
+
+def _event_time_of(doc: bytes) -> int:
+    return int(orjson.loads(doc)["t"])
 
 
 async def write_latest(store: HotStore, fs: FeatureSet, rows: pa.Table) -> int:
@@ -52,20 +57,16 @@ async def write_latest(store: HotStore, fs: FeatureSet, rows: pa.Table) -> int:
     newest = latest_per_entity(rows)
     if newest.num_rows == 0:
         return 0
-    entities = newest["entity_id"].to_pylist()
+    keys = [online_key(fs, e) for e in newest["entity_id"].to_pylist()]
     times = newest["event_time"].cast(pa.int64()).to_pylist()
-    keys = [online_key(fs, e) for e in entities]
+    features = newest.select([f.name for f in fs.features]).to_pylist()
     current = await store.mget(keys)
-    names = [f.name for f in fs.features]
-    columns = [newest[n].to_pylist() for n in names]
     pipe = store.pipeline()
     written = 0
-    for i, (key, row) in enumerate(zip(keys, zip(*columns, strict=True), strict=True)):
-        existing = current[i]
-        if existing is not None and orjson.loads(existing)["t"] > times[i]:
+    for key, t, values, existing in zip(keys, times, features, current, strict=True):
+        if existing is not None and _event_time_of(existing) > t:
             continue
-        doc = {"t": times[i], "f": dict(zip(names, row, strict=True))}
-        pipe.set(key, orjson.dumps(doc), ttl_s=fs.online_ttl_s)
+        pipe.set(key, orjson.dumps({"t": t, "f": values}), ttl_s=fs.online_ttl_s)
         written += 1
     await pipe.execute()
     return written

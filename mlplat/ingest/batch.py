@@ -1,6 +1,8 @@
 """Service A, batch: a spooled file is cut into partitions, parsed and validated in worker processes
 (balancer, ingest class) and written like streamed events: idempotent rows, dead letters keyed by
-upload id and position, latest values to the hot store. Retrying an upload with the same id is a no-op."""
+upload id and position. Workers parse ahead of the writer (a bounded number of partitions), so the
+writer finds several waiting and commits them as one insert. Each entity's newest value goes to the hot
+store once, after the last partition is committed. Retrying an upload with the same id is a no-op."""
 
 from __future__ import annotations
 
@@ -10,18 +12,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
 from mlplat.compute.jobs import Lane, Priority
-from mlplat.errors import BackendError
-from mlplat.features.online import write_latest
+from mlplat.features.online import latest_per_entity
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.files import Partition, detect_format, ingest_partition, plan_partitions
-from mlplat.ingest.stream import dead_letter_table
+from mlplat.ingest.sink import IngestSink
 from mlplat.ingest.validation import ValidatedBatch
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse import Warehouse
 
 log = get_logger("ingest")
 FIRST_REASONS = 5
@@ -39,6 +43,20 @@ class UploadSummary:
     seconds: float = 0.0
 
 
+class NewestPerEntity:
+    """Each entity's newest row over an upload's partitions, so the hot store is written once per entity
+    when the upload is committed (memory grows with the number of entities, not rows)."""
+
+    def __init__(self) -> None:
+        self.rows: pa.Table | None = None
+
+    def add(self, rows: pa.Table, partition: int) -> None:
+        latest = latest_per_entity(rows)
+        latest = latest.append_column("__partition", pa.array(np.full(latest.num_rows, partition, np.int64)))
+        merged = latest if self.rows is None else pa.concat_tables([self.rows, latest])
+        self.rows = latest_per_entity(merged, arrival=merged["__partition"].to_numpy())
+
+
 class BatchIngest:
     def __init__(
         self, warehouse: Warehouse, hot_store: HotStore, registry: FeatureRegistry, balancer: Balancer,
@@ -51,6 +69,7 @@ class BatchIngest:
         self._metrics = metrics
         self._partition_bytes = partition_bytes
         self._parallel = parallel
+        self._sink = IngestSink(warehouse, hot_store, metrics)
 
     async def ingest_file(
         self, path: Path, feature_set: str, *, upload_id: str, fmt: str | None = None
@@ -63,44 +82,34 @@ class BatchIngest:
         size = (await asyncio.to_thread(path.stat)).st_size
         summary = UploadSummary(upload_id, chosen, len(parts), size)
         now = dt.datetime.now(dt.UTC)
-        limit = asyncio.Semaphore(self._parallel)
         fs_json = fs.model_dump_json()
+        parsing = asyncio.Semaphore(self._parallel)  # one partition per worker process
+        held = asyncio.Semaphore(self._parallel * 2)  # partitions in memory: parsed, not yet committed
+        newest = NewestPerEntity()
 
         async def one(part: Partition) -> None:
-            async with limit:
-                batch: ValidatedBatch = await self._balancer.run(
-                    ingest_partition, str(path), chosen, part, fs_json, key, now,
-                    priority=Priority.INGEST, lane=Lane.PROCESS,
-                )
-                await self._store(fs.name, fs.table, batch, upload_id, part.index, now)
+            async with held:
+                async with parsing:
+                    batch: ValidatedBatch = await self._balancer.run(
+                        ingest_partition, str(path), chosen, part, fs_json, key, now,
+                        priority=Priority.INGEST, lane=Lane.PROCESS,
+                    )
+                letters = [(f"upload:{upload_id}:{part.index}:{d.index}", d) for d in batch.dead]
+                await self._sink.store(fs, batch, letters, source="upload", at=now, online=False)
+            newest.add(batch.rows, part.index)
             summary.rows_accepted += batch.rows.num_rows
             summary.rows_rejected += len(batch.dead)
             room = FIRST_REASONS - len(summary.first_reasons)
             summary.first_reasons += [d.reason for d in batch.dead[:max(room, 0)]]
 
-        await asyncio.gather(*(one(p) for p in parts))
+        # partitions queue for the semaphores in file order; every task is awaited, even after a failure
+        for result in await asyncio.gather(*(one(p) for p in parts), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+        if newest.rows is not None:
+            await self._sink.update_online(fs, newest.rows)
         summary.seconds = time.monotonic() - started
-        self._metrics.ingest_events.labels(fs.name, "accepted").inc(summary.rows_accepted)
-        if summary.rows_rejected:
-            self._metrics.ingest_events.labels(fs.name, "dead_letter").inc(summary.rows_rejected)
         log.info("upload_ingested", feature_set=fs.name, upload_id=upload_id, format=chosen,
                  partitions=len(parts), accepted=summary.rows_accepted, rejected=summary.rows_rejected,
                  seconds=round(summary.seconds, 3))
         return summary
-
-    async def _store(
-        self, fs_name: str, table: str, batch: ValidatedBatch, upload_id: str, partition: int, now: dt.datetime
-    ) -> None:
-        writes = [self._warehouse.write(ArrowWrite(table, batch.rows, "insert_ignore", ("event_id",)))]
-        if batch.dead:
-            letters = [(f"upload:{upload_id}:{partition}:{d.index}", d) for d in batch.dead]
-            writes.append(self._warehouse.write(ArrowWrite(
-                "dead_letters", dead_letter_table(letters, "upload", fs_name, now), "insert_ignore",
-                ("source_key",))))
-            for d in batch.dead:
-                self._metrics.dead_letters.labels(d.code).inc()
-        await asyncio.gather(*writes)
-        try:
-            await write_latest(self._hot_store, self._registry.get(fs_name), batch.rows)
-        except BackendError as e:
-            log.warning("hot_store_update_failed", feature_set=fs_name, error=str(e))

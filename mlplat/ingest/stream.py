@@ -1,21 +1,23 @@
 """Service A, streaming: events on the bus become warehouse rows, latest values and dead letters.
 
 One loop per daemon, in a consumer group so several daemons split the partitions. A batch closes when
-it holds `batch_size` events or `batch_wait_ms` passed. Validation runs on a balancer thread (ingest
-class). Then, in this order: warehouse (rows and dead letters, idempotent by event id / bus position),
-hot store (latest value per entity, newer events only), dead-letter topic, and only then the offset
-commit. A crash anywhere before the commit replays the batch, and the replay changes nothing: the
-effect is exactly-once. A failed warehouse write rewinds to the last commit and retries with backoff.
+it holds `batch_size` events or `batch_wait_ms` passed; the next batch is read while the current one is
+written, and no further (back-pressure: a lagging warehouse stops consumption). Validation runs on a
+balancer thread (ingest class). Then warehouse (rows and dead letters, idempotent by event id / bus
+position) and hot store (latest value per entity, newer events only) at once, then the dead-letter
+topic, and only then the offset commit. A crash anywhere before the commit replays the batch, and the
+replay changes nothing: the effect is exactly-once. A failed warehouse write rewinds to the last commit
+and retries with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,39 +27,17 @@ from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
 from mlplat.compute.jobs import Lane, Priority
 from mlplat.config import IngestSettings
-from mlplat.errors import BackendError, MlplatError
+from mlplat.errors import MlplatError
 from mlplat.features.definitions import FeatureSet
-from mlplat.features.online import write_latest
 from mlplat.features.registry import FeatureRegistry
+from mlplat.ingest.sink import IngestSink
 from mlplat.ingest.validation import DeadLetter, validate_events
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse import Warehouse
 
 log = get_logger("ingest")
 LAG_REPORT_S = 5.0
-
-DEAD_LETTER_SCHEMA = pa.schema([
-    ("source_key", pa.string()), ("received_at", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
-    ("feature_set", pa.string()), ("event_id", pa.string()), ("reason_code", pa.string()),
-    ("reason", pa.string()), ("payload", pa.binary()),
-])
-
-
-def dead_letter_table(
-    letters: Sequence[tuple[str, DeadLetter]], source: str, feature_set: str | None, at: dt.datetime
-) -> pa.Table:
-    return pa.table({
-        "source_key": [key for key, _ in letters],
-        "received_at": [at] * len(letters),
-        "source": [source] * len(letters),
-        "feature_set": [feature_set] * len(letters),
-        "event_id": [d.event_id for _, d in letters],
-        "reason_code": [d.code for _, d in letters],
-        "reason": [d.reason for _, d in letters],
-        "payload": [d.payload for _, d in letters],
-    }, schema=DEAD_LETTER_SCHEMA)
-
 
 class StreamIngest:
     name = "ingest"
@@ -73,6 +53,7 @@ class StreamIngest:
         self._registry = registry
         self._balancer = balancer
         self._metrics = metrics
+        self._sink = IngestSink(warehouse, hot_store, metrics)
         self._consumer: BusConsumer | None = None
         self._topics: dict[str, FeatureSet] = {}
 
@@ -89,28 +70,36 @@ class StreamIngest:
         log.info("ingest_consuming", topics=sorted(self._topics), group=self._settings.consumer_group)
 
     async def run(self) -> None:
+        """Collect the next batch while the current one is written (one batch ahead, never more)."""
         if self._consumer is None:
             await asyncio.Event().wait()
         backoff = 0.2
         next_lag_report = 0.0
-        while True:
-            if time.monotonic() >= next_lag_report:
-                await self._report_lag()
-                next_lag_report = time.monotonic() + LAG_REPORT_S
-            batch = await self._collect()
-            if not batch:
-                continue
-            try:
-                await self.process(batch)
-            except (MlplatError, OSError) as e:
-                # nothing was committed: rewind and take the same events again once things recover
-                log.error("ingest_batch_failed", error=str(e), retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                assert self._consumer is not None
-                await self._consumer.seek_to_committed()
-            else:
-                backoff = 0.2
+        ahead = asyncio.create_task(self._collect())
+        try:
+            while True:
+                if time.monotonic() >= next_lag_report:
+                    await self._report_lag()
+                    next_lag_report = time.monotonic() + LAG_REPORT_S
+                batch = await ahead
+                ahead = asyncio.create_task(self._collect())
+                if not batch:
+                    continue
+                try:
+                    await self.process(batch)
+                except (MlplatError, OSError) as e:
+                    # nothing was committed: drop what was read ahead, rewind, and take the same events again
+                    log.error("ingest_batch_failed", error=str(e), retry_in_s=backoff)
+                    await _cancel(ahead)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    assert self._consumer is not None
+                    await self._consumer.seek_to_committed()
+                    ahead = asyncio.create_task(self._collect())
+                else:
+                    backoff = 0.2
+        finally:
+            await _cancel(ahead)
 
     async def _collect(self) -> dict[TopicPartition, list[Message]]:
         """Accumulate until batch_size events or batch_wait_ms, whichever comes first."""
@@ -138,10 +127,9 @@ class StreamIngest:
         by_set: dict[str, list[Message]] = defaultdict(list)
         for tp, messages in batch.items():
             by_set[tp.topic].extend(messages)
-        writes: list[asyncio.Future[int]] = []
         latest: list[tuple[FeatureSet, pa.Table]] = []
         dead_out: list[tuple[str, DeadLetter]] = []
-        loop = asyncio.get_running_loop()
+        stores = []
         for topic, messages in by_set.items():
             fs = self._registry.get(self._topics[topic].name)
             payloads = [m.value for m in messages]
@@ -150,18 +138,13 @@ class StreamIngest:
                 lane=Lane.THREAD,
             )
             letters = [(_position(messages[d.index]), d) for d in validated.dead]
-            writes.append(loop.create_task(self._warehouse.write(
-                ArrowWrite(fs.table, validated.rows, "insert_ignore", ("event_id",)))))
-            if letters:
-                writes.append(loop.create_task(self._warehouse.write(ArrowWrite(
-                    "dead_letters", dead_letter_table(letters, "stream", fs.name, now), "insert_ignore",
-                    ("source_key",)))))
+            stores.append(self._sink.store(fs, validated, letters, source="stream", at=now))
             latest.append((fs, validated.rows))
             dead_out.extend(letters)
-            self._count(fs.name, validated.rows.num_rows, validated.dead)
-        # the hot store is updated while the warehouse commits: a replay after a failed commit rewrites the
-        # same values (newer-only), so running both at once never shows anything the warehouse will not have
-        await asyncio.gather(*writes, *(self._update_hot_store(fs, rows) for fs, rows in latest))
+        results = await asyncio.gather(*stores, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         await self._publish_dead_letters(dead_out)
         assert self._consumer is not None
         await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
@@ -182,12 +165,6 @@ class StreamIngest:
         except MlplatError as e:  # lag is for dashboards; never let it stop ingest
             log.debug("lag_unavailable", error=str(e))
 
-    async def _update_hot_store(self, fs: FeatureSet, rows: pa.Table) -> None:
-        try:
-            await write_latest(self._hot_store, fs, rows)
-        except BackendError as e:  # the warehouse has the rows; online reads fall back to it
-            log.warning("hot_store_update_failed", feature_set=fs.name, error=str(e))
-
     async def _publish_dead_letters(self, letters: list[tuple[str, DeadLetter]]) -> None:
         if not letters:
             return
@@ -197,13 +174,6 @@ class StreamIngest:
             for key, d in letters
         ]
         await self._bus.publish_many(self._settings.dead_letter_topic, items)
-
-    def _count(self, feature_set: str, accepted: int, dead: list[DeadLetter]) -> None:
-        self._metrics.ingest_events.labels(feature_set, "accepted").inc(accepted)
-        if dead:
-            self._metrics.ingest_events.labels(feature_set, "dead_letter").inc(len(dead))
-        for d in dead:
-            self._metrics.dead_letters.labels(d.code).inc()
 
     def _observe(self, batch: dict[TopicPartition, list[Message]], latest: list[tuple[FeatureSet, pa.Table]],
                  started: float) -> None:
@@ -220,6 +190,12 @@ class StreamIngest:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+async def _cancel(task: asyncio.Task[object]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, MlplatError, OSError):
+        await task
 
 
 def _position(message: Message) -> str:

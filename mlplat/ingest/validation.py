@@ -174,10 +174,17 @@ def _coerce(feature: Feature, values: list[Any]) -> tuple[pa.Array, np.ndarray]:
     return pa.array(clean, feature.arrow_type), bad
 
 
+def _unreasoned(mask: np.ndarray, reasons: np.ndarray) -> list[int]:
+    """Rows the mask flags that have no reason yet (a row keeps the first reason it failed for).
+
+    Most masks flag nothing, so the object array of reasons is only looked at for the rows flagged."""
+    return [int(i) for i in np.flatnonzero(mask) if reasons[i] is None]
+
+
 def _constraint_reasons(feature: Feature, column: pa.Array, reasons: np.ndarray) -> None:
     def flag(mask: Any, code: str, detail: str) -> None:
         hits = np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
-        for i in map(int, np.flatnonzero(hits & (reasons == None))):  # noqa: E711 - elementwise, object array
+        for i in _unreasoned(hits, reasons):
             reasons[i] = f"{code}: {feature.name}={column[i].as_py()!r} {detail}".rstrip()
 
     if not feature.nullable:
@@ -216,20 +223,20 @@ def _validate(
                                    (entities, entity_key, "a non-empty string or integer"),
                                    (times, "event_time", "ISO 8601 or epoch seconds/milliseconds")):
         missing = np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
-        for i in map(int, np.flatnonzero(missing & (reasons == None))):  # noqa: E711
+        for i in _unreasoned(missing, reasons):
             reasons[i] = _missing(present[i], name, expected)
 
     columns: dict[str, pa.Array] = {}
     for feature in fs.features:
         raw = [o.get(feature.name) for o in present]
         column, wrong = _coerce_text(feature, raw) if from_text else _coerce(feature, raw)
-        for i in map(int, np.flatnonzero(wrong & (reasons == None))):  # noqa: E711
+        for i in _unreasoned(wrong, reasons):
             reasons[i] = f"wrong_type: {feature.name}={raw[i]!r} is not {feature.type}"
         _constraint_reasons(feature, column, reasons)
         columns[feature.name] = column
     _flag_duplicates(event_ids, reasons)
 
-    ok = np.array([r is None for r in reasons], dtype=bool)
+    ok = np.asarray(reasons == None, dtype=bool)  # noqa: E711 - elementwise, object array
     if not n:
         return ValidatedBatch(schema_for(fs).empty_table(), [])
     ingest_us = np.full(n, int(ingest_time.timestamp() * 1e6), dtype=np.int64)
@@ -406,20 +413,20 @@ def validate_table(
     for mask, field_name, expected in ((bad_id, "event_id", "a non-empty string or integer"),
                                        (bad_entity, entity_key, "a non-empty string or integer"),
                                        (bad_time, "event_time", "ISO 8601 or epoch seconds/milliseconds")):
-        for i in map(int, np.flatnonzero(mask & (reasons == None))):  # noqa: E711
+        for i in _unreasoned(mask, reasons):
             value = None if field_name not in names else table.column(field_name)[i].as_py()
             reasons[i] = f"missing_field: {field_name}" if value is None else \
                 f"wrong_type: {field_name}={value!r} is not {expected}"
     columns: dict[str, pa.Array] = {}
     for feature in fs.features:
         typed, wrong, raw = _feature_array(feature, column(feature.name), n, from_text)
-        for i in map(int, np.flatnonzero(wrong & (reasons == None))):  # noqa: E711
+        for i in _unreasoned(wrong, reasons):
             shown = raw[i] if raw is not None else None
             reasons[i] = f"wrong_type: {feature.name}={shown!r} is not {feature.type}"
         _constraint_reasons(feature, typed, reasons)
         columns[feature.name] = typed
     _flag_duplicates(ids, reasons)
-    ok = np.array([r is None for r in reasons], dtype=bool)
+    ok = np.asarray(reasons == None, dtype=bool)  # noqa: E711 - elementwise, object array
     result = pa.table(
         {"event_id": ids, "entity_id": entities, "event_time": times,
          "ingest_time": pa.array(np.full(n, int(ingest_time.timestamp() * 1e6), dtype=np.int64)).cast(_TS),
@@ -439,11 +446,12 @@ def _flag_duplicates(ids: pa.Array, reasons: np.ndarray) -> None:
     valid = np.flatnonzero(reasons == None)  # noqa: E711
     if len(valid) < 2:
         return
-    candidates = pa.table({"id": ids.take(pa.array(valid, pa.int64())), "row": pa.array(valid, pa.int64())})
-    firsts = candidates.group_by("id", use_threads=False).aggregate([("row", "min"), ("row", "count")])
-    if pc.max(firsts["row_count"]).as_py() <= 1:
+    candidates = ids if len(valid) == len(ids) else ids.take(pa.array(valid, pa.int64()))
+    codes = pc.dictionary_encode(candidates)
+    if len(codes.dictionary) == len(valid):  # the common case: one hash pass, no duplicates
         return
-    keep = set(firsts["row_min"].to_pylist())
-    for i in valid:
-        if int(i) not in keep:
-            reasons[i] = f"duplicate_event_id: {ids[int(i)].as_py()!r} appears twice in one batch"
+    _, firsts = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+    repeated = np.ones(len(valid), dtype=bool)
+    repeated[firsts] = False
+    for i in valid[repeated]:
+        reasons[i] = f"duplicate_event_id: {ids[int(i)].as_py()!r} appears twice in one batch"

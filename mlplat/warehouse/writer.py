@@ -134,8 +134,8 @@ class WriterConnection:
         if data.num_rows == 0:
             return
         verb = {"append": "INSERT", "upsert": "INSERT OR REPLACE", "insert_ignore": "INSERT OR IGNORE"}[cmd.mode]
-        if cmd.mode != "append":
-            data = _dedupe(data, cmd.key, "last" if cmd.mode == "upsert" else "first")
+        if cmd.mode == "upsert":  # DuckDB refuses to update one key twice in a statement; ignoring twice is fine
+            data = _dedupe(data, cmd.key, "last")
         self.con.register("__mlplat_batch", data)
         try:
             self.con.execute(f"{verb} INTO {_quote(cmd.table)} BY NAME SELECT * FROM __mlplat_batch")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mlplat.ingest.files import FileFormatError, detect_format, plan_partitions, read_partition
@@ -43,6 +45,20 @@ def test_csv_partitions_keep_the_header(tmp_path: Path) -> None:
     path.write_text("event_id,v\n" + "".join(f"e{i},{i}\n" for i in range(300)))
     rows = records(path, "csv", 200)
     assert rows == [{"event_id": f"e{i}", "v": str(i)} for i in range(300)]
+
+
+@pytest.mark.parametrize("target", [1, 3_000, 1 << 30])
+def test_parquet_partitions_group_whole_row_groups(tmp_path: Path, target: int) -> None:
+    """Row groups are grouped up to the target (decoded bytes), at least one per partition, each read once."""
+    path = tmp_path / "a.parquet"
+    table = pa.table({"event_id": [f"e{i}" for i in range(1000)], "v": list(range(1000))})
+    pq.write_table(table, path, row_group_size=100)
+    parts = plan_partitions(path, "parquet", target)
+    group = pq.ParquetFile(path).metadata.row_group(0).total_byte_size
+    assert len(parts) == {1: 10, 3_000: -(-10 // max(1, 3_000 // group)), 1 << 30: 1}[target]
+    bounds = [parts[0].start] + [p.end for p in parts]
+    assert bounds == sorted(set(bounds)) and bounds[0] == 0 and bounds[-1] == 10  # contiguous, no gaps or overlaps
+    assert records(path, "parquet", target) == table.to_pylist()
 
 
 @pytest.mark.parametrize(("name", "content", "fmt", "named"), [

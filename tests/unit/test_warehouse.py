@@ -60,6 +60,13 @@ async def test_upsert_keeps_the_last_row_per_key_and_insert_ignore_the_first(war
     await warehouse.write(ArrowWrite("events", batch.slice(0, 1), "insert_ignore", ("event_id",)))
     got = await warehouse.read("SELECT entity FROM events WHERE event_id = 3")
     assert got.column(0).to_pylist() == ["b"]
+    # duplicates inside one insert_ignore batch, far apart (different DuckDB vectors): the first one wins
+    ids = [4, *range(100, 5100), 4]
+    spread = pa.table({"event_id": pa.array(ids, pa.int64()), "entity": ["first"] + ["x"] * 5000 + ["last"],
+                       "value": [1.0] * len(ids)})
+    await warehouse.write(ArrowWrite("events", spread, "insert_ignore", ("event_id",)))
+    got = await warehouse.read("SELECT entity FROM events WHERE event_id = 4")
+    assert got.column(0).to_pylist() == ["first"]
 
 
 async def test_a_bad_command_fails_alone_and_its_neighbours_commit(warehouse: Warehouse) -> None:
