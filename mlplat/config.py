@@ -187,6 +187,19 @@ class IngestSettings(_Section):
     )
 
 
+class DemoSettings(_Section):
+    """`mlplat run --demo`: generated traffic so every part of the platform has something to do."""
+
+    enabled: bool = Field(False, description="publish generated events (and their labels) to the bus")
+    feature_set: str = Field("user_activity", description="feature set the generated events are for")
+    labels: str | None = Field("user_labels", description="feature set receiving ground truth; none: no labels")
+    rate: float = Field(50.0, gt=0, le=100_000, description="events per second")
+    label_delay_s: float = Field(5.0, ge=0, description="how much later each event's label arrives")
+    entities: int = Field(200, ge=1, description="distinct entities the events are about")
+    bad_fraction: float = Field(0.01, ge=0, le=1, description="share of invalid events (they become dead letters)")
+    seed: int = Field(0, description="the same seed gives the same events")
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="lowest level logged")
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, else JSON")
@@ -207,6 +220,7 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
     balancer: BalancerSettings = BalancerSettings()
     ingest: IngestSettings = IngestSettings()
+    demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -23,6 +23,8 @@ from mlplat.backends.monitor import BackendMonitor
 from mlplat.backends.urls import redact_url
 from mlplat.compute.balancer import Balancer, BalancerService
 from mlplat.config import Settings
+from mlplat.demo import DEMO_FEATURES
+from mlplat.demo.traffic import DemoTraffic
 from mlplat.errors import BackendUnavailable
 from mlplat.features.definitions import load_catalog
 from mlplat.features.registry import FeatureRegistry, FeatureRegistryService
@@ -68,7 +70,8 @@ class Daemon:
             "warehouse": redact_url(settings.warehouse.url),
         }
         self.balancer = Balancer(settings.balancer, self.metrics)
-        catalog = load_catalog(settings.ingest.features_file) if settings.ingest.features_file else None
+        features_file = settings.ingest.features_file or (DEMO_FEATURES if settings.demo.enabled else None)
+        catalog = load_catalog(features_file) if features_file else None
         self.features = FeatureRegistry(self.warehouse, self.hot_store)
         self.ingest = StreamIngest(settings.ingest, self.bus, self.hot_store, self.warehouse, self.features,
                                    self.balancer, self.metrics)
@@ -99,7 +102,8 @@ class Daemon:
         self.supervisor = Supervisor(
             [self.http, self.warehouse,
              BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
-             FeatureRegistryService(self.features, catalog), self.monitor, self.ingest, self.api],
+             FeatureRegistryService(self.features, catalog), self.monitor, self.ingest,
+             *([DemoTraffic(settings.demo, self.bus, self.features)] if settings.demo.enabled else []), self.api],
             settings.supervisor, self.metrics, self.readiness,
         )
 
@@ -144,16 +148,26 @@ class Daemon:
         return clean
 
 
+DUPLICATE_SIGNAL_S = 1.0
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain; a second signal forces an immediate exit."""
     daemon = Daemon(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    first_signal_at: list[float] = []
+
     def on_signal(signum: int) -> None:
         if stop.is_set():
+            # one Ctrl-C can arrive twice (e.g. `timeout` signals the process and then its group): only a
+            # signal well after the first means "stop now"
+            if loop.time() - first_signal_at[0] < DUPLICATE_SIGNAL_S:
+                return
             log.error("forced_exit", signal=signal.Signals(signum).name)
             os._exit(1)
+        first_signal_at.append(loop.time())
         log.info("signal_received", signal=signal.Signals(signum).name)
         stop.set()
 

@@ -39,13 +39,18 @@ ConfigOption = Annotated[
 ]
 
 
-def _overrides(grpc_port: int | None, http_port: int | None) -> dict[str, Any]:
+def _overrides(grpc_port: int | None, http_port: int | None, demo: bool = False) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
     api: dict[str, Any] = {}
     if grpc_port is not None:
         api["grpc_port"] = grpc_port
     if http_port is not None:
         api["http_port"] = http_port
-    return {"api": api} if api else {}
+    if api:
+        overrides["api"] = api
+    if demo:
+        overrides["demo"] = {"enabled": True}
+    return overrides
 
 
 @app.command()
@@ -55,6 +60,9 @@ def run(
     http_port: Annotated[
         int | None, typer.Option(help="HTTP port for /metrics, /healthz, /readyz (default 9464).")
     ] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Also generate traffic: events and their labels for the packaged demo feature sets "
+        "(user_activity, user_labels) at [demo] rate, so every part has something to do.")] = False,
 ) -> None:
     """Run the daemon until SIGTERM or Ctrl-C, then drain and exit.
 
@@ -65,7 +73,7 @@ def run(
     from mlplat.daemon import run_forever
     from mlplat.observability.logging import configure_logging
 
-    settings = load_settings(config, **_overrides(grpc_port, http_port))
+    settings = load_settings(config, **_overrides(grpc_port, http_port, demo))
     configure_logging(settings.logging.level, settings.logging.format)
     raise typer.Exit(run_forever(settings))
 

@@ -26,6 +26,11 @@ from mlplat.compute.jobs import WorkerDied
 PRELOAD = ("numpy", "pyarrow", "pyarrow.parquet", "pyarrow.csv", "mlplat.ingest.files")
 
 
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group; the daemon decides how its workers stop, not the terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _ready() -> int:
     return os.getpid()
 
@@ -41,7 +46,7 @@ class WorkerSlot:
         """Spawn the process and wait until it answers, so the first real job pays no start-up cost."""
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(PRELOAD))
-        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_ignore_interrupts)
         loop = asyncio.get_running_loop()
         try:
             self.pid = await loop.run_in_executor(self._executor, _ready)

@@ -155,3 +155,36 @@ def test_unreachable_backend_at_start_up_names_the_url(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("mlplat: ") and f"127.0.0.1:{port}" in last
     assert "very-secret-pw" not in result.stderr
+
+
+def test_demo_traffic_fills_the_feature_store_and_one_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
+    """`mlplat run --demo`: generated events, their later labels and some dead letters reach the warehouse
+    through the bus; Ctrl-C (SIGINT to the whole process group, twice at once as `timeout` sends it) drains
+    and exits 0 without a traceback from any worker process."""
+    import psutil
+
+    daemon = start_daemon(tmp_path, {"MLPLAT_DEMO__RATE": "200", "MLPLAT_DEMO__LABEL_DELAY_S": "1",
+                                     "MLPLAT_DEMO__BAD_FRACTION": "0.05"}, "--demo")
+    try:
+        sql = ("SELECT (SELECT count(*) FROM fs_user_activity) AS events, (SELECT count(*) FROM fs_user_labels) "
+               "AS labels, (SELECT count(*) FROM dead_letters WHERE feature_set = 'user_activity') AS dead")
+        deadline, counts = time.monotonic() + 30, [0, 0, 0]
+        while time.monotonic() < deadline and not all(counts):
+            result = daemon.cli("query", sql, "--json")
+            assert result.returncode == 0, result.stderr
+            counts = json.loads(result.stdout)["rows"][0]
+            time.sleep(0.5)
+        assert all(counts), f"events, labels, dead letters = {counts}"
+        group = [daemon.proc.pid, *(c.pid for c in psutil.Process(daemon.proc.pid).children(recursive=True))]
+        for _ in range(2):
+            for pid in group:
+                os.kill(pid, signal.SIGINT)
+        assert daemon.proc.wait(timeout=15) == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+    assert "Traceback" not in daemon.logs()
+    events = [json.loads(line)["event"] for line in daemon.logs().splitlines() if line.startswith("{")]
+    assert "demo_traffic_starting" in events and events[-1] == "daemon_stopped"
+    assert "forced_exit" not in events
