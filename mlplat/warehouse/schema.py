@@ -59,6 +59,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "model registry and prediction log",
+        """
+        CREATE TABLE model_versions (
+            model            VARCHAR NOT NULL,
+            version          INTEGER NOT NULL,
+            stage            VARCHAR NOT NULL,      -- staging | production | archived
+            flavour          VARCHAR NOT NULL,      -- sklearn (skops) | onnx
+            sha256           VARCHAR NOT NULL,      -- of the artifact, checked before every load
+            artifact_key     VARCHAR NOT NULL,
+            features         JSON NOT NULL,         -- [{"name", "type"}] in the order the model takes them
+            feature_set      VARCHAR,               -- where an entity's missing features come from
+            metrics          JSON,
+            training_window  JSON,
+            created_by       VARCHAR NOT NULL,
+            reason           VARCHAR NOT NULL,
+            created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+            stage_changed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (model, version)
+        );
+        CREATE TABLE predictions (
+            request_id   VARCHAR NOT NULL,
+            model        VARCHAR NOT NULL,
+            version      INTEGER NOT NULL,
+            predicted_at TIMESTAMPTZ NOT NULL,
+            entity_id    VARCHAR,
+            features     JSON NOT NULL,
+            score        DOUBLE NOT NULL,
+            latency_ms   DOUBLE NOT NULL
+        );
+        """,
+    ),
 )
 
 _BOOKKEEPING = """

@@ -5,26 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from mlplat.backends.artifacts import ArtifactInfo, ArtifactStore, open_artifact_store
+from mlplat.backends.artifacts import ArtifactInfo, ArtifactStore
 from mlplat.errors import NotFound
-
-
-@pytest.fixture(params=["file", pytest.param("azure", marks=pytest.mark.integration)])
-async def artifact_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ArtifactStore]:
-    if request.param == "file":
-        store = open_artifact_store(f"file://{tmp_path / 'artifacts'}")
-    else:
-        conn: str = request.getfixturevalue("azure_connection_string")
-        container = f"t{request.getfixturevalue('unique_name')}"
-        store = open_artifact_store(f"azure://{container}", connection_string=conn)
-    await store.connect()
-    yield store
-    await store.aclose()
 
 
 def sha256(data: bytes) -> str:
