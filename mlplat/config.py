@@ -187,6 +187,16 @@ class IngestSettings(_Section):
     )
 
 
+class ServingSettings(_Section):
+    batch_window_ms: float = Field(1.0, ge=0, le=100, description="how long concurrent requests wait to share a batch")
+    max_batch: int = Field(64, ge=1, le=65_536, description="rows in one micro-batch at most")
+    max_queue: int = Field(2048, ge=1, description="requests waiting per model before load is shed")
+    reconcile_s: float = Field(5.0, gt=0, description="how often production pointers are re-read (swap fallback)")
+    pinned_versions: int = Field(4, ge=0, description="non-production versions kept loaded for pinned requests")
+    log_flush_ms: float = Field(500.0, gt=0, description="how often the prediction log is written")
+    log_buffer: int = Field(100_000, ge=1, description="prediction log rows held before new ones are dropped")
+
+
 class DemoSettings(_Section):
     """`mlplat run --demo`: generated traffic so every part of the platform has something to do."""
 
@@ -220,6 +230,7 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
     balancer: BalancerSettings = BalancerSettings()
     ingest: IngestSettings = IngestSettings()
+    serving: ServingSettings = ServingSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

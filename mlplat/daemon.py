@@ -14,8 +14,18 @@ from mlplat import __version__
 from mlplat.api.admin import AdminServicer
 from mlplat.api.features import FeatureServicer
 from mlplat.api.ingest import IngestServicer
+from mlplat.api.models import ModelServicer, PredictionServicer
 from mlplat.api.server import ApiServer
-from mlplat.api.v1 import admin_pb2, admin_pb2_grpc, features_pb2, features_pb2_grpc, ingest_pb2, ingest_pb2_grpc
+from mlplat.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    features_pb2,
+    features_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
 from mlplat.backends.bus import EventBus, open_bus
 from mlplat.backends.hotstore import HotStore, open_hot_store
@@ -34,6 +44,9 @@ from mlplat.observability.health import Readiness
 from mlplat.observability.http import HttpServer
 from mlplat.observability.logging import get_logger, register_secret
 from mlplat.observability.metrics import Metrics
+from mlplat.serving.prediction_log import PredictionLog
+from mlplat.serving.registry import ModelRegistry
+from mlplat.serving.service import ModelServing
 from mlplat.supervisor import Supervisor
 from mlplat.warehouse import Warehouse
 from mlplat.warehouse.cache import QueryCache
@@ -83,6 +96,15 @@ class Daemon:
         ingest = IngestServicer(self.batch, self.bus, self.features, self.metrics,
                                 spool_dir=settings.ingest.spool_dir, max_bytes=settings.ingest.max_upload_bytes)
         features = FeatureServicer(self.features, self.hot_store, self.warehouse, self.metrics)
+        self.registry = ModelRegistry(self.warehouse, self.hot_store, self.artifacts, self.balancer)
+        self.serving = ModelServing(
+            settings.serving, self.hot_store, self.artifacts, self.balancer, self.metrics, warehouse=self.warehouse,
+            features=self.features, registry=self.registry,
+            prediction_log=PredictionLog(self.warehouse, self.metrics, flush_ms=settings.serving.log_flush_ms,
+                                         max_rows=settings.serving.log_buffer),
+        )
+        models = ModelServicer(self.registry, self.metrics, serve_here=self.serving.swap_to)
+        predictions = PredictionServicer(self.serving, self.metrics)
         self.api = ApiServer(
             settings.api,
             self.readiness,
@@ -91,7 +113,11 @@ class Daemon:
              (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
               lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)),
              (features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
-              lambda server: features_pb2_grpc.add_FeatureServiceServicer_to_server(features, server))],
+              lambda server: features_pb2_grpc.add_FeatureServiceServicer_to_server(features, server)),
+             (models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+              lambda server: models_pb2_grpc.add_ModelServiceServicer_to_server(models, server)),
+             (models_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+              lambda server: models_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server))],
         )
         self.http = HttpServer(settings.api, self.metrics, self.readiness)
         self.monitor = BackendMonitor(
@@ -102,7 +128,7 @@ class Daemon:
         self.supervisor = Supervisor(
             [self.http, self.warehouse,
              BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
-             FeatureRegistryService(self.features, catalog), self.monitor, self.ingest,
+             FeatureRegistryService(self.features, catalog), self.monitor, self.ingest, self.serving,
              *([DemoTraffic(settings.demo, self.bus, self.features)] if settings.demo.enabled else []), self.api],
             settings.supervisor, self.metrics, self.readiness,
         )

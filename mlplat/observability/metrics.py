@@ -91,6 +91,31 @@ class Metrics:
             "mlplat_consumer_lag", "Events on the bus not yet ingested.", ["topic", "partition"], registry=r
         )
         self.dead_letters = Counter("mlplat_dead_letters", "Records rejected, by reason.", ["reason"], registry=r)
+        # serving
+        self.predictions = Counter(
+            "mlplat_predictions", "Predictions answered or refused.", ["model", "version", "outcome"], registry=r
+        )
+        self.predict_latency_seconds = Histogram(
+            "mlplat_predict_latency_seconds", "Time from request to answer for one prediction.", ["model"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r,
+        )
+        self.batch_size = Histogram(
+            "mlplat_batch_size", "Rows per model call (micro-batches and PredictBatch).", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096), registry=r,
+        )
+        self.model_version_info = Gauge(
+            "mlplat_model_version_info", "1 for the version this daemon serves per model and stage.",
+            ["model", "version", "stage"], registry=r,
+        )
+        self.model_swaps = Counter("mlplat_model_swaps", "Production versions swapped in.", ["model"], registry=r)
+        self.model_load_failures = Counter(
+            "mlplat_model_load_failures", "Versions that failed to load or verify (never served).", ["model"],
+            registry=r,
+        )
+        self.prediction_log_dropped = Counter(
+            "mlplat_prediction_log_dropped", "Prediction log rows dropped because the log buffer was full.",
+            registry=r,
+        )
         # api
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r

@@ -220,14 +220,12 @@ class ModelRegistry:
             log.warning("production_pointer_not_published", model=mv.model, version=mv.version, error=str(e))
 
     async def sync_hot_store(self) -> int:
-        """Start-up: make the hot store's production pointers match the warehouse; returns how many models."""
+        """Start-up: publish this warehouse's production versions (a hot store that was flushed or replaced
+        learns them again). Pointers of models this warehouse does not know are left alone: other daemons
+        may share the hot store."""
         production = [mv for mv in await self.versions() if mv.stage == "production"]
         for mv in production:
             await self.publish_production(mv)
-        known = set(await self._hot_store.hgetall(PRODUCTION_KEY))
-        stale = known - {mv.model for mv in production}
-        if stale:
-            await self._hot_store.hdel(PRODUCTION_KEY, *stale)
         return len(production)
 
     async def _audit(self, actor: str, action: str, subject: str, reason: str, details: dict[str, Any]) -> None:
