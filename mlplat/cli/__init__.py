@@ -14,6 +14,8 @@ from mlplat.cli.bench import bench_app
 from mlplat.cli.client import query_command, status_command
 from mlplat.cli.generate import generate_app
 from mlplat.cli.ingest import ingest_command
+from mlplat.cli.models import models_app
+from mlplat.cli.predict import predict_command
 from mlplat.errors import ConfigError, MlplatError
 
 app = typer.Typer(
@@ -29,9 +31,11 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(generate_app, name="generate")
+app.add_typer(models_app, name="models")
 app.command("query")(query_command)
 app.command("status")(status_command)
 app.command("ingest")(ingest_command)
+app.command("predict")(predict_command)
 
 ConfigOption = Annotated[
     Path | None,
