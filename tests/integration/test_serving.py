@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,12 +27,15 @@ ROW = {"clicks_1h": 40, "spend_1h": 75.5, "session_minutes": 12.0, "is_premium":
 
 
 def daemon_settings(tmp_path: Path, **sections: Any) -> Any:
-    return load_settings(
+    defaults: dict[str, Any] = dict(
         warehouse={"url": f"duckdb://{tmp_path / 'w.duckdb'}"}, artifacts={"url": f"file://{tmp_path / 'a'}"},
         api={"grpc_port": 0, "http_port": 0}, balancer={"max_python_workers": 1, "spare_workers": 0},
         ingest={"spool_dir": str(tmp_path / "spool"), "features_file": "config/features.toml"},
-        serving={"log_flush_ms": 50.0, "reconcile_s": 0.5}, **sections,
+        serving={"log_flush_ms": 50.0, "reconcile_s": 0.5},
     )
+    for name, values in sections.items():
+        defaults[name] = {**defaults.get(name, {}), **values}
+    return load_settings(**defaults)
 
 
 @pytest.fixture
@@ -220,3 +224,39 @@ async def test_registering_over_grpc_refuses_what_cannot_be_served(channel: grpc
     assert "promote another version first" in (production.value.details() or "")
     listed = await models.ListVersions(models_pb2.ListVersionsRequest(model="churn"))
     assert json.loads(json.dumps([v.stage for v in listed.versions])) == ["production"]
+
+
+async def version_served(stub: models_pb2_grpc.PredictionServiceStub, want: int, wait_s: float = 20) -> int:
+    """Predict until the answer comes from version `want` (or wait_s passes); returns the last version seen."""
+    version, deadline = 0, time.monotonic() + wait_s
+    while version != want and time.monotonic() < deadline:
+        with contextlib.suppress(grpc.aio.AioRpcError):  # NOT_FOUND until the first version arrives
+            version = (await stub.Predict(models_pb2.PredictRequest(model="churn", features=struct(ROW)))).version
+        await asyncio.sleep(0.01)
+    return version
+
+
+@pytest.mark.integration
+async def test_two_daemons_sharing_redis_both_swap_on_one_promotion(tmp_path: Path, redis_url: str) -> None:
+    """Daemon B never sees the registry's warehouse: one promotion on A reaches B through Redis."""
+    artifacts = {"url": f"file://{tmp_path / 'shared-artifacts'}"}
+    a = Daemon(daemon_settings(tmp_path / "a", hot_store={"url": redis_url}, artifacts=artifacts))
+    b = Daemon(daemon_settings(tmp_path / "b", hot_store={"url": redis_url}, artifacts=artifacts,
+                               serving={"reconcile_s": 60.0}))  # the notice, not the fallback, must do it
+    for d, sub in ((a, "a"), (b, "b")):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        await d.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.api.port}") as ch_a, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{b.api.port}") as ch_b:
+            await register_and_promote(ch_a, "churn", tree_bytes())
+            predict_b = models_pb2_grpc.PredictionServiceStub(ch_b)
+            assert await version_served(predict_b, 1) == 1
+            models_a = models_pb2_grpc.ModelServiceStub(ch_a)
+            v2 = await models_a.RegisterModel(register_messages("churn", logistic_bytes()))
+            await models_a.Promote(models_pb2.StageRequest(model="churn", version=v2.version))
+            # B's fallback re-read is a minute away: switching within the wait proves the notice did it
+            assert await version_served(predict_b, v2.version) == v2.version
+    finally:
+        await b.stop()
+        await a.stop()
