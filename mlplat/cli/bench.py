@@ -78,3 +78,14 @@ def bench_ingest(
 
     _report(ingest.run(events, rows, bus, workers or max(1, (os.cpu_count() or 2) - 1), _progress(json_out)),
             json_out)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    seconds: Annotated[float, typer.Option(min=0.5, help="How long each load level runs.")] = 3.0,
+    json_out: JsonOption = False,
+) -> None:
+    """gRPC Predict latency and throughput (1, 8, 32 clients) and PredictBatch vs the in-process model call."""
+    from mlplat.bench import serve
+
+    _report(serve.run(seconds, _progress(json_out)), json_out)
