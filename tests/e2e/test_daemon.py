@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mlplat.warehouse.schema import MIGRATIONS
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +128,7 @@ def test_warehouse_survives_a_restart(tmp_path: Path) -> None:
     try:
         result = second.cli("query", "SELECT max(version) AS v FROM schema_migrations", "--json")
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["rows"] == [[2]]
+        assert json.loads(result.stdout)["rows"] == [[MIGRATIONS[-1].version]]
     finally:
         second.proc.send_signal(signal.SIGTERM)
         assert second.proc.wait(timeout=15) == 0

@@ -260,3 +260,22 @@ async def test_two_daemons_sharing_redis_both_swap_on_one_promotion(tmp_path: Pa
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_a_restarted_daemon_serves_its_production_versions_before_it_is_ready(tmp_path: Path) -> None:
+    """Start-up (seed 000): production versions are read, loaded and checked before readiness, even when
+    the hot store (memory here) starts empty: the warehouse is the source of truth."""
+    first = Daemon(daemon_settings(tmp_path))
+    await first.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.api.port}") as ch:
+            await register_and_promote(ch, "churn", tree_bytes())
+    finally:
+        await first.stop()
+    second = Daemon(daemon_settings(tmp_path))
+    await second.start()
+    try:
+        assert second.readiness.ready
+        assert [(mv.model, mv.version) for mv in second.serving.served()] == [("churn", 1)]
+    finally:
+        await second.stop()

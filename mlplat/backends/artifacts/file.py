@@ -168,11 +168,12 @@ def _unlink_quietly(path: str | Path) -> None:
 
 def _mkstemp_in(directory: Path) -> tuple[int, str]:
     for attempt in range(_DIR_ATTEMPTS):
-        directory.mkdir(parents=True, exist_ok=True)
         try:
+            directory.mkdir(parents=True, exist_ok=True)
             return tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX, suffix=".part")
-        except FileNotFoundError:
-            # a concurrent delete pruned the directory between mkdir and mkstemp: make it again
+        except (FileNotFoundError, FileExistsError):
+            # a concurrent delete pruned the directory between mkdir and mkstemp (or, inside mkdir, between
+            # "it exists" and "it is a directory"): make it again
             if attempt == _DIR_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
