@@ -100,8 +100,8 @@ class Daemon:
         self.serving = ModelServing(
             settings.serving, self.hot_store, self.artifacts, self.balancer, self.metrics, warehouse=self.warehouse,
             features=self.features, registry=self.registry,
-            prediction_log=PredictionLog(self.warehouse, self.metrics, flush_ms=settings.serving.log_flush_ms,
-                                         max_rows=settings.serving.log_buffer),
+            prediction_log=PredictionLog(self.warehouse, self.balancer, self.metrics,
+                                         flush_ms=settings.serving.log_flush_ms, max_rows=settings.serving.log_buffer),
         )
         models = ModelServicer(self.registry, self.metrics, serve_here=self.serving.swap_to)
         predictions = PredictionServicer(self.serving, self.metrics)

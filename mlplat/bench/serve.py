@@ -124,6 +124,32 @@ async def _clients(target: str, model: str, clients: int, seconds: float) -> tup
     return latencies, len(latencies) / elapsed
 
 
+async def _stream_clients(target: str, model: str, clients: int, seconds: float) -> float:
+    """Requests/s when each client keeps one PredictStream open and one request in flight on it."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = models_pb2_grpc.PredictionServiceStub(ch)
+        requests = [models_pb2.PredictRequest(model=model, entity_id=f"user_{i % ENTITIES}") for i in range(997)]
+        done = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def one(offset: int) -> None:
+            nonlocal done
+            call = stub.PredictStream()
+            i = offset
+            while time.perf_counter() < stop_at:
+                await call.write(requests[i % len(requests)])
+                answer = await call.read()
+                if answer.error:
+                    raise RuntimeError(answer.error)
+                done += 1
+                i += 1
+            await call.done_writing()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(c * 31) for c in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
 def _batch_rate(target: str, model: str, matrix: np.ndarray, repeat: int) -> float:
     request = models_pb2.PredictBatchRequest(model=model, feature_names=NAMES, rows=len(matrix),
                                              float64_rows=matrix.astype("<f8").tobytes())
@@ -145,6 +171,15 @@ def _floor_rate(data: bytes, matrix: np.ndarray, repeat: int) -> float:
     return len(matrix) * repeat / (time.perf_counter() - started)
 
 
+def _run_async(coro: Any) -> Any:
+    """The clients run on uvloop when it is installed, as the daemon does."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) -> BenchResult:
     metrics: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-serve-") as tmp:
@@ -158,14 +193,16 @@ def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) 
             matrix = np.random.default_rng(2).random((1000, N_FEATURES)) * 100
             for name, prefix in (("gbm", ""), ("tree", "tree_")):
                 progress(f"{name}: 1 client")
-                latencies, rps = asyncio.run(_clients(target, name, 1, seconds))
+                latencies, rps = _run_async(_clients(target, name, 1, seconds))
                 metrics[f"{prefix}p50_ms_c1"] = round(float(np.percentile(latencies, 50)), 3)
                 metrics[f"{prefix}p99_ms_c1"] = round(float(np.percentile(latencies, 99)), 3)
                 metrics[f"{prefix}rps_c1"] = round(rps, 1)
                 for clients in (8, 32):
                     progress(f"{name}: {clients} clients")
-                    metrics[f"{prefix}rps_c{clients}"] = round(asyncio.run(_clients(target, name, clients,
+                    metrics[f"{prefix}rps_c{clients}"] = round(_run_async(_clients(target, name, clients,
                                                                                     seconds))[1], 1)
+                progress(f"{name}: 32 clients, each on its own PredictStream")
+                metrics[f"{prefix}stream_rps_c32"] = round(_run_async(_stream_clients(target, name, 32, seconds)), 1)
                 progress(f"{name}: PredictBatch of 1,000 rows, and the in-process floor")
                 ours = _batch_rate(target, name, matrix, 50)
                 floor = _floor_rate(models[name], matrix, 50)

@@ -1,6 +1,6 @@
 """Dynamic micro-batching: concurrent single-row requests for one model version become one model call.
 
-A request that finds the model idle and nobody else waiting runs at once (a lone client pays no window).
+A request that finds nobody else waiting runs at once (a lone client pays no window).
 When requests are arriving together, the batcher waits up to `window_ms` after the first one for more,
 up to `max_batch` rows, runs them as one matrix, and answers each caller with its own row. The queue is
 bounded: a full queue refuses at once (Overloaded → RESOURCE_EXHAUSTED) instead of growing.
@@ -62,6 +62,8 @@ class MicroBatcher:
                     future.set_exception(Overloaded("model version stopped before this request ran; retry"))
 
     async def _collect_and_answer(self, items: list[tuple[np.ndarray, asyncio.Future[float]]]) -> None:
+        if self._last_batch > 1:  # under load: one turn of the loop lets requests being handled join in
+            await asyncio.sleep(0)
         concurrent = self._last_batch > 1 or not self._queue.empty()
         deadline = asyncio.get_running_loop().time() + (self._window_s if concurrent else 0.0)
         while len(items) < self._max_batch:

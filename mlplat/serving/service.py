@@ -47,7 +47,6 @@ from mlplat.serving.registry import (
 from mlplat.warehouse import Warehouse
 
 log = get_logger("serving")
-_MISSING = object()
 
 
 class InvalidInput(MlplatError, ValueError):
@@ -63,39 +62,49 @@ class PredictionResult:
     request_id: str
 
 
+def _timed(predictor: Predictor, matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    scores = predictor.predict(matrix)
+    return scores, (time.perf_counter() - started) * 1000
+
+
 class ServedVersion:
     """One loaded version: its model, its micro-batcher, and what one call to it costs."""
 
-    def __init__(self, mv: ModelVersion, predictor: Predictor, balancer: Balancer, settings: ServingSettings,
-                 metrics: Metrics) -> None:
+    def __init__(self, mv: ModelVersion, predictor: Predictor, probe_ms: float, balancer: Balancer,
+                 settings: ServingSettings, metrics: Metrics) -> None:
         self.mv = mv
         self.predictor = predictor
         self._balancer = balancer
-        self._metrics = metrics
-        self.cost_ms = 1.0
+        self.cost_ms = probe_ms  # the model's own time per call, so the balancer can choose inline or thread
+        # metric children looked up once: labels() costs more than the increment on this path
+        self.ok = metrics.predictions.labels(mv.model, str(mv.version), "ok")
+        self.errors = metrics.predictions.labels(mv.model, str(mv.version), "error")
+        self.latency = metrics.predict_latency_seconds.labels(mv.model)
+        self.batch_size = metrics.batch_size.labels(mv.model)
         self.batcher = MicroBatcher(self.run, window_ms=settings.batch_window_ms, max_batch=settings.max_batch,
-                                    max_queue=settings.max_queue,
-                                    on_batch=metrics.batch_size.labels(mv.model).observe)
+                                    max_queue=settings.max_queue, on_batch=self.batch_size.observe)
 
     async def run(self, matrix: np.ndarray) -> np.ndarray:
         """The model on a matrix; the balancer runs it inline when cheap, on a thread when not."""
-        started = time.perf_counter()
-        scores = await self._balancer.run(self.predictor.predict, matrix, priority=Priority.SERVE,
-                                          cost=Cost(expected_ms=self.cost_ms, releases_gil=True))
-        self.cost_ms = 0.8 * self.cost_ms + 0.2 * (time.perf_counter() - started) * 1000
+        scores, took_ms = await self._balancer.run(_timed, self.predictor, matrix, priority=Priority.SERVE,
+                                                   cost=Cost(expected_ms=self.cost_ms, releases_gil=True))
+        self.cost_ms = 0.8 * self.cost_ms + 0.2 * took_ms
         return scores
 
 
-def _loaded(mv: ModelVersion, data: bytes) -> Predictor:
-    """Runs on a balancer thread: build the model and check it answers for one row of zeros."""
+def _loaded(mv: ModelVersion, data: bytes) -> tuple[Predictor, float]:
+    """Runs on a balancer thread: build the model, check it answers for a row of zeros, time one call."""
     predictor = load_model(mv.flavour, data)
     if predictor.n_features != len(mv.features):
         raise InvalidInput(f"{mv.model} v{mv.version} takes {predictor.n_features} features, "
                            f"{len(mv.features)} are registered")
-    scores = predictor.predict(np.zeros((1, len(mv.features))))
+    probe = np.zeros((1, len(mv.features)))
+    scores = predictor.predict(probe)
     if scores.shape != (1,):
         raise InvalidInput(f"{mv.model} v{mv.version} answered shape {scores.shape} for one row")
-    return predictor
+    _, took_ms = _timed(predictor, probe)  # the second call: the first may pay one-off set-up
+    return predictor, took_ms
 
 
 def _number(name: str, kind: str, value: Any) -> float:
@@ -113,18 +122,26 @@ def _number(name: str, kind: str, value: Any) -> float:
 
 
 def build_row(mv: ModelVersion, given: Mapping[str, Any], online: Mapping[str, Any] | None) -> np.ndarray:
-    unknown = sorted(set(given) - set(mv.feature_names))
-    if unknown:
-        raise InvalidInput(f"{mv.model} has no feature {unknown[0]!r} (it takes {', '.join(mv.feature_names)})")
-    row = np.empty(len(mv.features))
-    for i, feature in enumerate(mv.features):
-        value = given.get(feature.name, _MISSING)
-        if (value is _MISSING or value is None) and online is not None:
-            value = online.get(feature.name, _MISSING)
-        if value is _MISSING or value is None:
-            where = " (not in the request nor the online store)" if online is not None else ""
-            raise InvalidInput(f"feature {feature.name!r} ({feature.type}) is missing{where}")
-        row[i] = _number(feature.name, feature.type, value)
+    """The model's input row: request values first, then the entity's online values; one check per value
+    on the common path, and the slow path only to say exactly what is wrong."""
+    names = mv.feature_names
+    if len(given) and not given.keys() <= set(names):
+        unknown = sorted(set(given) - set(names))
+        raise InvalidInput(f"{mv.model} has no feature {unknown[0]!r} (it takes {', '.join(names)})")
+    values = [given.get(n) for n in names]
+    if online is not None:
+        values = [online.get(n) if v is None else v for v, n in zip(values, names, strict=True)]
+    fine = all(type(v) is (bool if f.type == "bool" else float) or (type(v) is int and f.type != "bool")
+               for v, f in zip(values, mv.features, strict=True))
+    row = np.array(values, dtype=np.float64) if fine else None
+    if row is None or not np.isfinite(row).all() or any(
+            f.type == "int" and not row[i].is_integer() for i, f in enumerate(mv.features)):
+        for value, feature in zip(values, mv.features, strict=True):
+            if value is None:
+                where = " (not in the request nor the online store)" if online is not None else ""
+                raise InvalidInput(f"feature {feature.name!r} ({feature.type}) is missing{where}")
+            _number(feature.name, feature.type, value)
+        row = np.array(values, dtype=np.float64)  # every value passed: e.g. numpy scalars from a caller
     return row
 
 
@@ -232,8 +249,8 @@ class ModelServing:
 
     async def _load(self, mv: ModelVersion) -> ServedVersion:
         data = await fetch_verified(self._artifacts, mv)
-        predictor = await self._balancer.run(_loaded, mv, data, priority=Priority.SERVE, lane=Lane.THREAD)
-        served = ServedVersion(mv, predictor, self._balancer, self._settings, self._metrics)
+        predictor, probe_ms = await self._balancer.run(_loaded, mv, data, priority=Priority.SERVE, lane=Lane.THREAD)
+        served = ServedVersion(mv, predictor, probe_ms, self._balancer, self._settings, self._metrics)
         served.batcher.start()
         return served
 
@@ -275,16 +292,15 @@ class ModelServing:
             row = build_row(mv, features, online)
             score = await served.batcher.predict(row)
         except MlplatError:
-            self._metrics.predictions.labels(model, str(mv.version), "error").inc()
+            served.errors.inc()
             raise
         latency = time.perf_counter() - started
-        self._metrics.predictions.labels(model, str(mv.version), "ok").inc()
-        self._metrics.predict_latency_seconds.labels(model).observe(latency)
+        served.ok.inc()
+        served.latency.observe(latency)
         request_id = request_id or uuid.uuid4().hex
         if self._log is not None:
-            used = dict(zip(mv.feature_names, row.tolist(), strict=True))
             self._log.add([LoggedPrediction(request_id, model, mv.version, dt.datetime.now(dt.UTC), entity_id,
-                                            used, score, latency * 1000)])
+                                            row.tolist(), score, latency * 1000)])
         return PredictionResult(score, model, mv.version, latency * 1000, request_id)
 
     async def _online(self, mv: ModelVersion, given: Mapping[str, Any], entity_id: str | None
@@ -314,13 +330,12 @@ class ModelServing:
             bad_row, bad_col = map(int, np.argwhere(~np.isfinite(matrix))[0])
             raise InvalidInput(f"row {bad_row}, feature {names[bad_col]!r}: not a finite number")
         ordered = matrix[:, [names.index(n) for n in mv.feature_names]]
-        self._metrics.batch_size.labels(model).observe(len(ordered))
+        served.batch_size.observe(len(ordered))
         scores = await served.run(np.ascontiguousarray(ordered))
         latency = time.perf_counter() - started
-        self._metrics.predictions.labels(model, str(mv.version), "ok").inc(len(ordered))
+        served.ok.inc(len(ordered))
         result = PredictionResult(math.nan, model, mv.version, latency * 1000, uuid.uuid4().hex)
         if self._log is not None:
-            self._log.add_batch(result.request_id, model, mv.version, mv.feature_names, ordered, scores,
-                                latency * 1000)
+            self._log.add_batch(result.request_id, model, mv.version, ordered, scores, latency * 1000)
         return scores, result
 

@@ -86,7 +86,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             version      INTEGER NOT NULL,
             predicted_at TIMESTAMPTZ NOT NULL,
             entity_id    VARCHAR,
-            features     JSON NOT NULL,
+            features     DOUBLE[] NOT NULL,      -- in the order of model_versions.features for that version
             score        DOUBLE NOT NULL,
             latency_ms   DOUBLE NOT NULL
         );
