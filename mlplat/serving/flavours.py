@@ -46,6 +46,13 @@ class SklearnModel:
     n_features: int
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
+        import sklearn
+
+        # serving checked every value is finite already; skip scikit-learn repeating it on each call
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            return self._predict(matrix)
+
+    def _predict(self, matrix: np.ndarray) -> np.ndarray:
         if hasattr(self.estimator, "predict_proba"):
             proba = self.estimator.predict_proba(matrix)
             if proba.shape[1] == 2:

@@ -8,9 +8,8 @@ counted in `mlplat_prediction_log_dropped_total` rather than slowing predictions
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,18 +31,6 @@ SCHEMA = pa.schema([
 ])
 
 
-@dataclass(frozen=True)
-class LoggedPrediction:
-    request_id: str
-    model: str
-    version: int
-    predicted_at: dt.datetime
-    entity_id: str | None
-    features: list[float]  # in the model version's input order
-    score: float
-    latency_ms: float
-
-
 class PredictionLog:
     def __init__(self, warehouse: Warehouse, balancer: Balancer, metrics: Metrics, *, flush_ms: float,
                  max_rows: int) -> None:
@@ -52,7 +39,7 @@ class PredictionLog:
         self._metrics = metrics
         self._flush_s = flush_ms / 1000
         self._max_rows = max_rows
-        self._rows: list[LoggedPrediction] = []
+        self._singles: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}  # one list per column
         self._tables: list[pa.Table] = []
         self._held = 0
 
@@ -63,9 +50,15 @@ class PredictionLog:
         self._held += n
         return True
 
-    def add(self, rows: list[LoggedPrediction]) -> None:
-        if self._room(len(rows)):
-            self._rows.extend(rows)
+    def add_one(self, request_id: str, model: str, version: int, entity_id: str | None, features: list[float],
+                score: float, latency_ms: float) -> None:
+        """One Predict: appended to column lists, so the table is built without a Python object per row."""
+        if not self._room(1):
+            return
+        for name, value in (("request_id", request_id), ("model", model), ("version", version),
+                            ("predicted_at", int(time.time() * 1e6)), ("entity_id", entity_id),
+                            ("features", features), ("score", score), ("latency_ms", latency_ms)):
+            self._singles[name].append(value)
 
     def add_batch(self, request_id: str, model: str, version: int, matrix: np.ndarray, scores: np.ndarray,
                   latency_ms: float) -> None:
@@ -93,9 +86,10 @@ class PredictionLog:
     async def flush(self) -> None:
         if not self._held:
             return
-        rows, tables, self._rows, self._tables, self._held = self._rows, self._tables, [], [], 0
-        # thousands of rows of Python objects: built on a thread, not on the loop that answers requests
-        table = await self._balancer.run(_table_of, rows, tables, priority=Priority.MONITOR, lane=Lane.THREAD)
+        singles, tables = self._singles, self._tables
+        self._singles, self._tables, self._held = {name: [] for name in SCHEMA.names}, [], 0
+        # built on a thread, not on the loop that answers requests
+        table = await self._balancer.run(_table_of, singles, tables, priority=Priority.MONITOR, lane=Lane.THREAD)
         try:
             await self._warehouse.write(ArrowWrite("predictions", table))
         except MlplatError as e:  # the log must never fail a prediction; it is counted as dropped
@@ -103,12 +97,8 @@ class PredictionLog:
             log.warning("prediction_log_write_failed", rows=table.num_rows, error=str(e))
 
 
-def _table_of(rows: list[LoggedPrediction], tables: list[pa.Table]) -> pa.Table:
-    singles = pa.table({
-        "request_id": [r.request_id for r in rows], "model": [r.model for r in rows],
-        "version": [r.version for r in rows], "predicted_at": [r.predicted_at for r in rows],
-        "entity_id": [r.entity_id for r in rows],
-        "features": [r.features for r in rows], "score": [r.score for r in rows],
-        "latency_ms": [r.latency_ms for r in rows],
-    }, schema=SCHEMA)
-    return pa.concat_tables([*tables, singles])
+def _table_of(singles: dict[str, list[Any]], tables: list[pa.Table]) -> pa.Table:
+    columns = {name: pa.array(values, type=SCHEMA.field(name).type if name != "predicted_at" else pa.int64())
+               for name, values in singles.items()}
+    columns["predicted_at"] = columns["predicted_at"].cast(_TS)
+    return pa.concat_tables([*tables, pa.table(columns, schema=SCHEMA)])

@@ -11,7 +11,6 @@ any notice that was missed.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import math
 import time
@@ -35,7 +34,7 @@ from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
 from mlplat.serving.batching import MicroBatcher
 from mlplat.serving.flavours import Predictor, load_model
-from mlplat.serving.prediction_log import LoggedPrediction, PredictionLog
+from mlplat.serving.prediction_log import PredictionLog
 from mlplat.serving.registry import (
     PRODUCTION_KEY,
     SWAP_CHANNEL,
@@ -299,8 +298,7 @@ class ModelServing:
         served.latency.observe(latency)
         request_id = request_id or uuid.uuid4().hex
         if self._log is not None:
-            self._log.add([LoggedPrediction(request_id, model, mv.version, dt.datetime.now(dt.UTC), entity_id,
-                                            row.tolist(), score, latency * 1000)])
+            self._log.add_one(request_id, model, mv.version, entity_id, row.tolist(), score, latency * 1000)
         return PredictionResult(score, model, mv.version, latency * 1000, request_id)
 
     async def _online(self, mv: ModelVersion, given: Mapping[str, Any], entity_id: str | None
