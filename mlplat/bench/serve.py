@@ -6,7 +6,9 @@ promoted: gradient boosting (keys without prefix) and a decision tree (keys pref
 from this process:
 - single-row Predict by entity id (features read from the hot store) at 1 client: p50, p99, requests/s;
 - requests/s at 8 and 32 concurrent clients;
-- PredictBatch of 1,000 rows: rows/s, next to the floor of `predict` on the same 1,000 rows in-process.
+- PredictBatch of 1,000 rows: rows/s, next to the floor of `predict` on the same 1,000 rows in-process;
+- 32 clients each on one PredictStream, and the no-op health Check from 32 clients (the most unary gRPC
+  calls per second this machine allows, whatever the handler does).
 """
 
 from __future__ import annotations
@@ -150,6 +152,25 @@ async def _stream_clients(target: str, model: str, clients: int, seconds: float)
         return done / (time.perf_counter() - started)
 
 
+async def _noop_rate(target: str, clients: int, seconds: float) -> float:
+    """Requests/s of the standard health Check (no work at all): what unary gRPC itself allows here."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        done, stop_at = 0, time.perf_counter() + seconds
+
+        async def one() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await stub.Check(health_pb2.HealthCheckRequest())
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
 def _batch_rate(target: str, model: str, matrix: np.ndarray, repeat: int) -> float:
     request = models_pb2.PredictBatchRequest(model=model, feature_names=NAMES, rows=len(matrix),
                                              float64_rows=matrix.astype("<f8").tobytes())
@@ -191,6 +212,8 @@ def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) 
         try:
             _prepare(target, workdir, models)
             matrix = np.random.default_rng(2).random((1000, N_FEATURES)) * 100
+            progress("floor for unary calls: the no-op health Check from 32 clients")
+            metrics["grpc_noop_rps_c32"] = round(_run_async(_noop_rate(target, 32, seconds)), 1)
             for name, prefix in (("gbm", ""), ("tree", "tree_")):
                 progress(f"{name}: 1 client")
                 latencies, rps = _run_async(_clients(target, name, 1, seconds))
