@@ -1,9 +1,10 @@
 """Dynamic micro-batching: concurrent single-row requests for one model version become one model call.
 
-A request that finds nobody else waiting runs at once (a lone client pays no window).
-When requests are arriving together, the batcher waits up to `window_ms` after the first one for more,
-up to `max_batch` rows, runs them as one matrix, and answers each caller with its own row. The queue is
-bounded: a full queue refuses at once (Overloaded → RESOURCE_EXHAUSTED) instead of growing.
+The caller says how many more requests for the model are on their way (being handled, not yet queued);
+the batcher takes what is queued and waits for those, never longer than `window_ms` after the first and
+never beyond `max_batch` rows, runs them as one matrix and answers each caller with its own row. A lone
+request (nothing on the way) runs at once: it pays no window. The queue is bounded: a full queue refuses
+at once (Overloaded → RESOURCE_EXHAUSTED) instead of growing.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 class MicroBatcher:
     def __init__(self, run_batch: RunBatch, *, window_ms: float, max_batch: int, max_queue: int,
-                 on_batch: Callable[[int], None] = lambda _: None) -> None:
+                 on_batch: Callable[[int], None] = lambda _: None, coming: Callable[[], int] = lambda: 0) -> None:
+        """coming: how many requests for this model are being handled right now and may still join (their
+        handlers are reading features, say); the batcher waits for them, never longer than the window."""
         self._run_batch = run_batch
+        self._coming = coming
         self._window_s = window_ms / 1000
         self._max_batch = max_batch
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]] = asyncio.Queue(max_queue)
         self._task: asyncio.Task[None] | None = None
-        self._last_batch = 1
         self._taken: list[tuple[np.ndarray, asyncio.Future[float]]] = []  # out of the queue, not yet answered
         self._idle = asyncio.Event()  # nothing queued or taken
         self._idle.set()
@@ -62,14 +65,13 @@ class MicroBatcher:
                     future.set_exception(Overloaded("model version stopped before this request ran; retry"))
 
     async def _collect_and_answer(self, items: list[tuple[np.ndarray, asyncio.Future[float]]]) -> None:
-        if self._last_batch > 1:  # under load: one turn of the loop lets requests being handled join in
-            await asyncio.sleep(0)
-        concurrent = self._last_batch > 1 or not self._queue.empty()
-        deadline = asyncio.get_running_loop().time() + (self._window_s if concurrent else 0.0)
+        deadline = asyncio.get_running_loop().time() + self._window_s
         while len(items) < self._max_batch:
             if not self._queue.empty():
                 items.append(self._queue.get_nowait())
                 continue
+            if self._coming() <= 0:  # nobody else is on the way: a lone request runs at once
+                break
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
@@ -77,7 +79,6 @@ class MicroBatcher:
                 items.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        self._last_batch = len(items)
         await self._answer(items)
 
     async def _answer(self, items: list[tuple[np.ndarray, asyncio.Future[float]]]) -> None:

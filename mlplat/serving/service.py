@@ -81,8 +81,10 @@ class ServedVersion:
         self.errors = metrics.predictions.labels(mv.model, str(mv.version), "error")
         self.latency = metrics.predict_latency_seconds.labels(mv.model)
         self.batch_size = metrics.batch_size.labels(mv.model)
+        self.arriving = 0  # requests inside predict() that have not reached the batcher yet
         self.batcher = MicroBatcher(self.run, window_ms=settings.batch_window_ms, max_batch=settings.max_batch,
-                                    max_queue=settings.max_queue, on_batch=self.batch_size.observe)
+                                    max_queue=settings.max_queue, on_batch=self.batch_size.observe,
+                                    coming=lambda: self.arriving)
 
     async def run(self, matrix: np.ndarray) -> np.ndarray:
         """The model on a matrix; the balancer runs it inline when cheap, on a thread when not."""
@@ -286,9 +288,13 @@ class ModelServing:
         started = time.perf_counter()
         served = await self.version_for(model, version)
         mv = served.mv
+        served.arriving += 1
         try:
-            online = await self._online(mv, features, entity_id)
-            row = build_row(mv, features, online)
+            try:
+                online = await self._online(mv, features, entity_id)
+                row = build_row(mv, features, online)
+            finally:
+                served.arriving -= 1
             score = await served.batcher.predict(row)
         except MlplatError:
             served.errors.inc()

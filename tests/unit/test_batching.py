@@ -80,3 +80,28 @@ async def test_a_model_error_reaches_every_caller_of_its_batch() -> None:
     results = await asyncio.gather(*(batcher.predict(np.array([1.0])) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, ValueError) and "exploded" in str(r) for r in results)
     await batcher.close()
+
+
+async def test_requests_on_their_way_are_waited_for_but_never_past_the_window() -> None:
+    """With two more requests being handled (reading features, say), the first waits and all three share
+    one call; when a request announced never comes, the batch still runs when the window ends."""
+    model = SlowSum()
+    model.release.set()
+    on_the_way = 2
+    batcher = MicroBatcher(model, window_ms=2_000, max_batch=8, max_queue=8, coming=lambda: on_the_way)
+    batcher.start()
+    first = asyncio.create_task(batcher.predict(np.array([1.0])))
+    await asyncio.sleep(0.01)
+    assert not first.done()  # waiting for the two on their way
+    on_the_way = 0
+    rest = [asyncio.create_task(batcher.predict(np.array([float(i)]))) for i in (2, 3)]
+    assert [await first, *(await asyncio.gather(*rest))] == [1.0, 2.0, 3.0]
+    assert model.batches == [3]
+
+    on_the_way = 1  # announced, never arrives
+    lonely = MicroBatcher(model, window_ms=50, max_batch=8, max_queue=8, coming=lambda: on_the_way)
+    lonely.start()
+    async with asyncio.timeout(5):
+        assert await lonely.predict(np.array([4.0])) == 4.0
+    await batcher.close()
+    await lonely.close()
