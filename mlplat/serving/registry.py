@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from mlplat.backends.artifacts import ArtifactStore
@@ -69,8 +69,11 @@ class ModelVersion:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ModelVersion:
+        """Fields this mlplat does not know are ignored: daemons of different versions share one hot store."""
         raw = json.loads(data)
-        raw["features"] = tuple(InputFeature(**f) for f in raw["features"])
+        known = {f.name for f in fields(cls)}
+        raw = {k: v for k, v in raw.items() if k in known}
+        raw["features"] = tuple(InputFeature(name=f["name"], type=f.get("type", "float")) for f in raw["features"])
         return cls(**raw)
 
 
@@ -244,4 +247,11 @@ async def fetch_verified(artifacts: ArtifactStore, mv: ModelVersion) -> bytes:
 
 
 def production_from_hot_store(raw: dict[str, bytes]) -> dict[str, ModelVersion]:
-    return {name: ModelVersion.from_json(data) for name, data in raw.items()}
+    """Pointers that cannot be read are skipped with a warning; the others are served."""
+    pointers = {}
+    for name, data in raw.items():
+        try:
+            pointers[name] = ModelVersion.from_json(data)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("bad_production_pointer", model=name, error=f"{type(e).__name__}: {e}")
+    return pointers

@@ -223,7 +223,8 @@ class ModelServing:
             return
         pointer = await self._hot_store.hget(PRODUCTION_KEY, model)
         if pointer is not None:
-            await self.swap_to(ModelVersion.from_json(pointer))
+            for mv in production_from_hot_store({model: pointer}).values():
+                await self.swap_to(mv)
 
     async def swap_to(self, mv: ModelVersion) -> bool:
         """Load, verify and switch to mv; returns False (old version kept) if it cannot be served."""

@@ -23,6 +23,7 @@ from mlplat.serving.registry import (
     RegistryError,
     fetch_verified,
     parse_inputs,
+    production_from_hot_store,
 )
 from mlplat.warehouse import Warehouse
 from tests.models import FEATURES, logistic_bytes, onnx_bytes, tree_bytes
@@ -100,3 +101,11 @@ def test_inputs_parse_from_the_command_line_form() -> None:
     assert parse_inputs("a:int, b ,c:bool") == (InputFeature("a", "int"), InputFeature("b"), InputFeature("c", "bool"))
     with pytest.raises(RegistryError, match="named twice"):
         parse_inputs("a,a")
+
+
+def test_pointers_from_newer_or_broken_writers_do_not_stop_serving() -> None:
+    """A pointer with fields this version does not know still reads; one that cannot be read is skipped."""
+    good = ModelVersion("a", 1, "production", "sklearn", "0" * 64, "k", FEATURES)
+    newer = json.dumps({**json.loads(good.to_json()), "added_later": 1}).encode()
+    pointers = production_from_hot_store({"a": newer, "b": b"{not json", "c": b'{"model": "c"}'})
+    assert list(pointers) == ["a"] and pointers["a"] == good
