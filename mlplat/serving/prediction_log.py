@@ -40,6 +40,7 @@ class PredictionLog:
         self._flush_s = flush_ms / 1000
         self._max_rows = max_rows
         self._singles: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}  # one list per column
+        self._offsets = [0]  # features of single predictions: one flat list of floats, cut at these offsets
         self._tables: list[pa.Table] = []
         self._held = 0
 
@@ -57,8 +58,11 @@ class PredictionLog:
             return
         for name, value in (("request_id", request_id), ("model", model), ("version", version),
                             ("predicted_at", int(time.time() * 1e6)), ("entity_id", entity_id),
-                            ("features", features), ("score", score), ("latency_ms", latency_ms)):
+                            ("score", score), ("latency_ms", latency_ms)):
             self._singles[name].append(value)
+        flat = self._singles["features"]
+        flat.extend(features)  # floats are not containers: nothing more for the garbage collector to walk
+        self._offsets.append(len(flat))
 
     def add_batch(self, request_id: str, model: str, version: int, matrix: np.ndarray, scores: np.ndarray,
                   latency_ms: float) -> None:
@@ -86,10 +90,12 @@ class PredictionLog:
     async def flush(self) -> None:
         if not self._held:
             return
-        singles, tables = self._singles, self._tables
-        self._singles, self._tables, self._held = {name: [] for name in SCHEMA.names}, [], 0
+        singles, offsets, tables = self._singles, self._offsets, self._tables
+        self._singles, self._offsets, self._tables = {name: [] for name in SCHEMA.names}, [0], []
+        self._held = 0
         # built on a thread, not on the loop that answers requests
-        table = await self._balancer.run(_table_of, singles, tables, priority=Priority.MONITOR, lane=Lane.THREAD)
+        table = await self._balancer.run(_table_of, singles, offsets, tables, priority=Priority.MONITOR,
+                                         lane=Lane.THREAD)
         try:
             await self._warehouse.write(ArrowWrite("predictions", table))
         except MlplatError as e:  # the log must never fail a prediction; it is counted as dropped
@@ -97,8 +103,10 @@ class PredictionLog:
             log.warning("prediction_log_write_failed", rows=table.num_rows, error=str(e))
 
 
-def _table_of(singles: dict[str, list[Any]], tables: list[pa.Table]) -> pa.Table:
-    columns = {name: pa.array(values, type=SCHEMA.field(name).type if name != "predicted_at" else pa.int64())
-               for name, values in singles.items()}
-    columns["predicted_at"] = columns["predicted_at"].cast(_TS)
+def _table_of(singles: dict[str, list[Any]], offsets: list[int], tables: list[pa.Table]) -> pa.Table:
+    columns = {name: pa.array(values, type=SCHEMA.field(name).type)
+               for name, values in singles.items() if name not in ("predicted_at", "features")}
+    columns["predicted_at"] = pa.array(singles["predicted_at"], pa.int64()).cast(_TS)
+    columns["features"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                                   pa.array(singles["features"], pa.float64()))
     return pa.concat_tables([*tables, pa.table(columns, schema=SCHEMA)])

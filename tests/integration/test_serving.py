@@ -114,6 +114,10 @@ async def test_register_promote_and_predict_every_way(daemon: Daemon, channel: g
     await asyncio.sleep(0.3)  # the log flushes every 50 ms here
     logged = await daemon.warehouse.read("SELECT count(*) AS n, count(DISTINCT version) AS v FROM predictions")
     assert logged.to_pylist() == [{"n": 1 + 500 + 20, "v": 1}]
+    single = await daemon.warehouse.read("SELECT features, score FROM predictions WHERE request_id = 'r1'")
+    assert single.to_pylist() == [{"features": [float(ROW[f.name]) for f in FEATURES], "score": one.score}]
+    in_batch = await daemon.warehouse.read("SELECT request_id, features FROM predictions WHERE request_id LIKE '%:7'")
+    assert np.allclose(in_batch.to_pylist()[0]["features"], [matrix[7][names.index(f.name)] for f in FEATURES])
     metrics = daemon.metrics.render().decode()
     assert 'mlplat_predictions_total{model="churn",outcome="ok",version="1"} 521.0' in metrics
     assert 'mlplat_model_version_info{model="churn",stage="production",version="1"} 1.0' in metrics
