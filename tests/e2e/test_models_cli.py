@@ -66,9 +66,10 @@ class Terminal:
         os.close(slave)
         self.seen = ""
 
-    def expect(self, text: str, timeout: float = 20) -> None:
+    def expect(self, text: str, timeout: float = 20, since: int = 0) -> int:
+        """Wait until text shows up after position `since` of the screen; returns where it ends."""
         deadline = time.monotonic() + timeout
-        while text not in self.seen:
+        while text not in self.seen[since:]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"never saw {text!r}; screen so far:\n{self.seen}")
@@ -78,6 +79,7 @@ class Terminal:
                     self.seen += os.read(self.master, 4096).decode(errors="replace")
                 except OSError:  # the program ended
                     raise AssertionError(f"program ended before {text!r}:\n{self.seen}") from None
+        return self.seen.index(text, since) + len(text)
 
     def type(self, line: str) -> None:
         os.write(self.master, line.encode())
@@ -103,15 +105,15 @@ def test_the_interactive_repl_prompts_checks_and_exits_cleanly(served: RunningDa
         term.type("3\n")
         term.expect("is_premium (bool)> ")
         term.type("no\n")
-        term.expect(" ms\r\n")
+        answered = term.expect(" ms\r\n")
         assert "score " in term.seen and "churn v1   " in term.seen
-        term.seen = ""
-        term.expect("entity id in user_activity")
+        term.expect("entity id in user_activity", since=answered)  # asked again, for the next prediction
         term.type("\x04")  # Ctrl-D
         assert term.proc.wait(timeout=15) == 0
         assert "Traceback" not in term.seen
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
+        term.proc.wait()
         os.close(term.master)
     assert (served.workdir / ".mlplat_history").exists()
