@@ -135,7 +135,8 @@ class Supervisor:
             self._readiness.set(f"service:{service.name}", False, "stopping")
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
-                await asyncio.wait_for(service.stop(), remaining)
+                async with asyncio.timeout(remaining):
+                    await service.stop()
             except TimeoutError:
                 clean = False
                 log.error("service_stop_timeout", target=service.name, waited_s=round(remaining, 2))

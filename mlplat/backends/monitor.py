@@ -39,7 +39,8 @@ class BackendMonitor:
 
     async def _check(self, name: str, ping: Ping) -> None:
         try:
-            await asyncio.wait_for(ping(), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                await ping()
         except (MlplatError, OSError, TimeoutError) as e:
             reason = str(e) or type(e).__name__
             ok = False

@@ -119,7 +119,8 @@ class ThreadLane(_Lane):
                 if job.deadline is None:
                     result = await future
                 else:
-                    result = await asyncio.wait_for(asyncio.shield(future), max(job.deadline - time.monotonic(), 0))
+                    async with asyncio.timeout(max(job.deadline - time.monotonic(), 0)):
+                        result = await asyncio.shield(future)
             except TimeoutError:
                 # a thread cannot be killed: the caller is told now, the slot stays taken until it returns
                 _settle(job, error=DeadlineExceeded(f"job {job.name} exceeded its deadline"))
@@ -235,7 +236,8 @@ class ProcessLane(_Lane):
         try:
             timeout = None if job.deadline is None else max(job.deadline - time.monotonic(), 0)
             try:
-                result = await asyncio.wait_for(asyncio.shield(run), timeout)
+                async with asyncio.timeout(timeout):
+                    result = await asyncio.shield(run)
             except TimeoutError:
                 job.timed_out = True
                 slot.kill()

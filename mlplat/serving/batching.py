@@ -76,7 +76,8 @@ class MicroBatcher:
             if remaining <= 0:
                 break
             try:
-                items.append(await asyncio.wait_for(self._queue.get(), remaining))
+                async with asyncio.timeout(remaining):
+                    items.append(await self._queue.get())
             except TimeoutError:
                 break
         await self._answer(items)

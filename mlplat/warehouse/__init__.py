@@ -220,7 +220,8 @@ class Warehouse:
 
         future = loop.run_in_executor(self._read_threads, run)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self._settings.query_timeout_s)
+            async with asyncio.timeout(self._settings.query_timeout_s):
+                return await asyncio.shield(future)
         except TimeoutError:
             cursor = holder.get("cursor")
             if cursor is not None:

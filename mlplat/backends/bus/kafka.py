@@ -131,7 +131,8 @@ class KafkaBus:
     async def _bounded(self, what: str, awaitable: Awaitable[T], timeout_s: float = CALL_TIMEOUT_S) -> T:
         """Await with a deadline, raising mlplat errors only."""
         try:
-            return await asyncio.wait_for(awaitable, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await awaitable
         except (KafkaError, OSError, TimeoutError) as e:
             raise self._unreachable(what, e) from None
 
@@ -167,7 +168,8 @@ class KafkaBus:
                 **common, acks="all", enable_idempotence=idempotent, linger_ms=2, max_batch_size=1 << 20,
             )
             try:
-                await asyncio.wait_for(producer.start(), max(deadline - loop.time(), 0.1))
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    await producer.start()
             except (KafkaError, OSError, TimeoutError) as e:
                 await _quietly(producer.stop())
                 if idempotent and not _is_outage(e):  # the broker answered, and refused idempotence
@@ -307,7 +309,8 @@ class KafkaBus:
         deadline = loop.time() + END_OFFSET_READ_S
         while pending and loop.time() < deadline:
             try:
-                batches = await asyncio.wait_for(reader.getmany(*pending, timeout_ms=200), CALL_TIMEOUT_S)
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    batches = await reader.getmany(*pending, timeout_ms=200)
             except (KafkaError, OSError, TimeoutError) as e:
                 raise self._unreachable("end offsets", e) from None
             for tp, records in batches.items():
@@ -400,10 +403,8 @@ class KafkaConsumer:
     async def poll(self, *, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Message]]:
         client = self._started()
         try:
-            batches = await asyncio.wait_for(
-                client.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records),
-                max(timeout_s, 0) + CALL_TIMEOUT_S,
-            )
+            async with asyncio.timeout(max(timeout_s, 0) + CALL_TIMEOUT_S):
+                batches = await client.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
         except (KafkaError, OSError, TimeoutError) as e:
             raise self._bus._unreachable("poll", e) from None
         return {
@@ -469,6 +470,7 @@ def _message(record: Any) -> Message:
 async def _quietly(awaitable: Awaitable[Any]) -> None:
     """Close a client after a failure; errors here would only hide the original one."""
     try:
-        await asyncio.wait_for(awaitable, CALL_TIMEOUT_S)
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            await awaitable
     except Exception:  # nothing useful to report beyond the original error
         return

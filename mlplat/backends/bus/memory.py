@@ -267,7 +267,8 @@ class MemoryConsumer:
             if remaining <= 0:
                 return {}
             try:
-                await asyncio.wait_for(self.wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self.wakeup.wait()
             except TimeoutError:
                 return {}
 
