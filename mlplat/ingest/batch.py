@@ -21,7 +21,7 @@ from mlplat.compute.jobs import Lane, Priority
 from mlplat.features.online import latest_per_entity
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.files import Partition, detect_format, ingest_partition, plan_partitions
-from mlplat.ingest.sink import IngestSink
+from mlplat.ingest.sink import IngestSink, gather_all
 from mlplat.ingest.validation import ValidatedBatch
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
@@ -102,10 +102,8 @@ class BatchIngest:
             room = FIRST_REASONS - len(summary.first_reasons)
             summary.first_reasons += [d.reason for d in batch.dead[:max(room, 0)]]
 
-        # partitions queue for the semaphores in file order; every task is awaited, even after a failure
-        for result in await asyncio.gather(*(one(p) for p in parts), return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+        # partitions queue for the semaphores in file order; every one is awaited, even after a failure
+        await gather_all(*(one(p) for p in parts))
         if newest.rows is not None:
             await self._sink.update_online(fs, newest.rows)
         summary.seconds = time.monotonic() - started

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import pyarrow as pa
 
@@ -47,6 +47,13 @@ def dead_letter_table(
     }, schema=DEAD_LETTER_SCHEMA)
 
 
+async def gather_all(*aws: Awaitable[object]) -> None:
+    """Wait for every one, even after one failed (so none outlives the caller), then raise the first error."""
+    for result in await asyncio.gather(*aws, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
 class IngestSink:
     def __init__(self, warehouse: Warehouse, hot_store: HotStore, metrics: Metrics) -> None:
         self._warehouse = warehouse
@@ -66,10 +73,7 @@ class IngestSink:
                 "dead_letters", dead_letter_table(letters, source, fs.name, at), "insert_ignore", ("source_key",))))
         if online:
             writes.append(self.update_online(fs, batch.rows))
-        # wait for every write, even after one failed, so none outlives this call
-        for result in await asyncio.gather(*writes, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+        await gather_all(*writes)
         self._count(fs.name, batch.rows.num_rows, batch.dead)
 
     async def update_online(self, fs: FeatureSet, rows: pa.Table) -> int:

@@ -30,7 +30,7 @@ from mlplat.config import IngestSettings
 from mlplat.errors import MlplatError
 from mlplat.features.definitions import FeatureSet
 from mlplat.features.registry import FeatureRegistry
-from mlplat.ingest.sink import IngestSink
+from mlplat.ingest.sink import IngestSink, gather_all
 from mlplat.ingest.validation import DeadLetter, validate_events
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
@@ -141,10 +141,7 @@ class StreamIngest:
             stores.append(self._sink.store(fs, validated, letters, source="stream", at=now))
             latest.append((fs, validated.rows))
             dead_out.extend(letters)
-        results = await asyncio.gather(*stores, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await gather_all(*stores)
         await self._publish_dead_letters(dead_out)
         assert self._consumer is not None
         await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})

@@ -93,7 +93,6 @@ async def test_bad_registrations_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(RegistryError, match=named):
         await registry.register("m", data, flavour, features)
-    assert await registry._warehouse.read("SELECT * FROM model_versions") is not None
     assert (await registry._warehouse.read("SELECT count(*) FROM model_versions")).column(0)[0].as_py() == 0
 
 
