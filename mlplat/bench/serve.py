@@ -108,8 +108,9 @@ async def _clients(target: str, model: str, clients: int, seconds: float) -> tup
     async with grpc.aio.insecure_channel(target) as ch:
         stub = models_pb2_grpc.PredictionServiceStub(ch)
         requests = [models_pb2.PredictRequest(model=model, entity_id=f"user_{i % ENTITIES}") for i in range(997)]
-        for r in requests[:50]:  # warm the connection and the model
-            await stub.Predict(r)
+        warm_until = time.perf_counter() + 1.0  # connection, model, allocator and caches settle first
+        while time.perf_counter() < warm_until:
+            await stub.Predict(requests[0])
         stop_at = time.perf_counter() + seconds
 
         async def one(offset: int) -> None:
