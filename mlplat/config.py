@@ -197,6 +197,30 @@ class ServingSettings(_Section):
     log_buffer: int = Field(100_000, ge=1, description="prediction log rows held before new ones are dropped")
 
 
+class StreamingSettings(_Section):
+    """Models that predict on every arriving event or window (declared in `models_file`)."""
+
+    models_file: Path | None = Field(None, description="TOML declaring streaming models and action rules")
+    predictions_topic: str = Field("mlplat.predictions", description="where streaming predictions are published")
+    partitions: int = Field(4, ge=1, description="partitions of the predictions topic when mlplat creates it")
+    consumer_group: str = Field("mlplat-stream", description="consumer group prefix (one group per model)")
+    batch_size: int = Field(2000, ge=1, description="events closing a batch")
+    batch_wait_ms: float = Field(20.0, gt=0, description="time closing a batch that is not full")
+
+
+class ActionSettings(_Section):
+    """The consumer of the predictions topic that applies action rules (retries, dead letters)."""
+
+    consumer_group: str = Field("mlplat-actions", description="consumer group of the action executors")
+    concurrency: int = Field(32, ge=1, le=10_000, description="actions applied at once (entities in parallel)")
+    batch_size: int = Field(500, ge=1, description="predictions taken from the bus at a time")
+    max_attempts: int = Field(5, ge=1, le=100, description="attempts before an action is dead-lettered")
+    backoff_s: float = Field(0.2, gt=0, description="first retry delay; doubles each time, with full jitter")
+    backoff_max_s: float = Field(10.0, gt=0, description="longest delay between two attempts")
+    timeout_s: float = Field(5.0, gt=0, description="time one webhook call may take")
+    dead_letter_topic: str = Field("mlplat.actions.deadletters", description="where failed actions are published")
+
+
 class DemoSettings(_Section):
     """`mlplat run --demo`: generated traffic so every part of the platform has something to do."""
 
@@ -231,6 +255,8 @@ class Settings(BaseSettings):
     balancer: BalancerSettings = BalancerSettings()
     ingest: IngestSettings = IngestSettings()
     serving: ServingSettings = ServingSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    actions: ActionSettings = ActionSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

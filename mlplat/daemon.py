@@ -47,6 +47,9 @@ from mlplat.observability.metrics import Metrics
 from mlplat.serving.prediction_log import PredictionLog
 from mlplat.serving.registry import ModelRegistry
 from mlplat.serving.service import ModelServing
+from mlplat.streaming.actions import ActionExecutor
+from mlplat.streaming.definitions import StreamingConfig, load_streaming_config
+from mlplat.streaming.inference import StreamInference
 from mlplat.supervisor import Supervisor
 from mlplat.warehouse import Warehouse
 from mlplat.warehouse.cache import QueryCache
@@ -97,12 +100,19 @@ class Daemon:
                                 spool_dir=settings.ingest.spool_dir, max_bytes=settings.ingest.max_upload_bytes)
         features = FeatureServicer(self.features, self.hot_store, self.warehouse, self.metrics)
         self.registry = ModelRegistry(self.warehouse, self.hot_store, self.artifacts, self.balancer)
+        self.prediction_log = PredictionLog(self.warehouse, self.balancer, self.metrics,
+                                            flush_ms=settings.serving.log_flush_ms,
+                                            max_rows=settings.serving.log_buffer)
         self.serving = ModelServing(
             settings.serving, self.hot_store, self.artifacts, self.balancer, self.metrics, warehouse=self.warehouse,
-            features=self.features, registry=self.registry,
-            prediction_log=PredictionLog(self.warehouse, self.balancer, self.metrics,
-                                         flush_ms=settings.serving.log_flush_ms, max_rows=settings.serving.log_buffer),
+            features=self.features, registry=self.registry, prediction_log=self.prediction_log,
         )
+        models_file = settings.streaming.models_file
+        streaming = load_streaming_config(models_file) if models_file else StreamingConfig()
+        self.streaming = StreamInference(settings.streaming, streaming, self.bus, self.hot_store, self.warehouse,
+                                         self.features, self.serving, self.balancer, self.prediction_log, self.metrics)
+        self.actions = ActionExecutor(settings.actions, settings.streaming, streaming, self.bus, self.warehouse,
+                                      self.metrics)
         models = ModelServicer(self.registry, self.metrics, serve_here=self.serving.swap_to)
         predictions = PredictionServicer(self.serving, self.metrics)
         self.api = ApiServer(
@@ -129,6 +139,7 @@ class Daemon:
             [self.http, self.warehouse,
              BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
              FeatureRegistryService(self.features, catalog), self.monitor, self.ingest, self.serving,
+             self.streaming, self.actions,
              *([DemoTraffic(settings.demo, self.bus, self.features)] if settings.demo.enabled else []), self.api],
             settings.supervisor, self.metrics, self.readiness,
         )

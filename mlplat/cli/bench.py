@@ -89,3 +89,17 @@ def bench_serve(
     from mlplat.bench import serve
 
     _report(serve.run(seconds, _progress(json_out)), json_out)
+
+
+@bench_app.command("stream")
+def bench_stream(
+    events: Annotated[int, typer.Option(min=1000, help="Backlog of events predicted for events/s.")] = 100_000,
+    rate: Annotated[float, typer.Option(min=100, help="Events per second published in the lag phase.")] = 10_000,
+    seconds: Annotated[float, typer.Option(min=1, help="How long the lag phase publishes.")] = 5.0,
+    bus: Annotated[str, typer.Option(help="memory:// or kafka://host:port.")] = "memory://",
+    json_out: JsonOption = False,
+) -> None:
+    """Streaming inference: events/s through a decision tree vs a raw consume, and event-to-prediction lag."""
+    from mlplat.bench import stream
+
+    _report(stream.run(events, rate, seconds, bus, _progress(json_out)), json_out)

@@ -22,7 +22,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition
+from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
 from mlplat.compute.jobs import Lane, Priority
@@ -102,24 +102,9 @@ class StreamIngest:
             await _cancel(ahead)
 
     async def _collect(self) -> dict[TopicPartition, list[Message]]:
-        """Accumulate until batch_size events or batch_wait_ms, whichever comes first."""
         assert self._consumer is not None
-        batch: dict[TopicPartition, list[Message]] = defaultdict(list)
-        count = 0
-        deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
-        while count < self._settings.batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 and count:
-                break
-            polled = await self._consumer.poll(
-                max_records=self._settings.batch_size - count, timeout_s=max(remaining, 0.05)
-            )
-            for tp, messages in polled.items():
-                batch[tp].extend(messages)
-                count += len(messages)
-            if not polled and count:
-                break
-        return dict(batch)
+        return await poll_batch(self._consumer, max_records=self._settings.batch_size,
+                                wait_s=self._settings.batch_wait_ms / 1000)
 
     async def process(self, batch: dict[TopicPartition, list[Message]]) -> None:
         started = time.monotonic()

@@ -116,6 +116,26 @@ class Metrics:
             "mlplat_prediction_log_dropped", "Prediction log rows dropped because the log buffer was full.",
             registry=r,
         )
+        # streaming inference and actions
+        self.stream_predictions = Counter(
+            "mlplat_stream_predictions", "Predictions published by streaming models.", ["model"], registry=r
+        )
+        self.stream_lag_seconds = Histogram(
+            "mlplat_stream_lag_seconds", "Event time (or window end) to prediction published.", ["model"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0), registry=r,
+        )
+        self.stream_skipped = Counter(
+            "mlplat_stream_skipped", "Events or windows a streaming model did not predict for, by reason.",
+            ["model", "reason"], registry=r,
+        )
+        self.actions = Counter("mlplat_actions", "Actions by outcome (ok, duplicate, dead_letter).",
+                               ["action", "outcome"], registry=r)
+        self.action_retries = Counter("mlplat_action_retries", "Action attempts that failed and were retried.",
+                                      ["action"], registry=r)
+        self.actions_pending = Gauge(
+            "mlplat_actions_pending", "Actions read from the predictions topic and not finished (back-pressure).",
+            registry=r,
+        )
         # api
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r

@@ -67,18 +67,23 @@ class PredictionLog:
     def add_batch(self, request_id: str, model: str, version: int, matrix: np.ndarray, scores: np.ndarray,
                   latency_ms: float) -> None:
         """A PredictBatch call: rows `<request_id>:<row>`, the matrix stored as it is (no per-row Python)."""
+        ids = pc.binary_join_element_wise(request_id + ":", pa.array(np.arange(len(matrix))).cast(pa.string()), "")
+        self.add_rows(ids, model, version, pa.nulls(len(matrix), pa.string()), matrix, scores, latency_ms)
+
+    def add_rows(self, ids: pa.Array, model: str, version: int, entity_ids: pa.Array, matrix: np.ndarray,
+                 scores: np.ndarray, latency_ms: float) -> None:
+        """Many predictions of one version at once (a batch call, a streaming batch), one id per row."""
         n = len(matrix)
         if not n or not self._room(n):
             return
         flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float64).ravel())
         features = pa.ListArray.from_arrays(pa.array(np.arange(0, n * matrix.shape[1] + 1, matrix.shape[1],
                                                                dtype=np.int32)), flat)
-        ids = pc.binary_join_element_wise(request_id + ":", pa.array(np.arange(n)).cast(pa.string()), "")
         self._tables.append(pa.table({
             "request_id": ids, "model": pa.array([model] * n, pa.string()),
             "version": pa.array(np.full(n, version, np.int32)),
             "predicted_at": pa.array(np.full(n, int(time.time() * 1e6), np.int64)).cast(_TS),
-            "entity_id": pa.nulls(n, pa.string()), "features": features, "score": pa.array(scores, pa.float64()),
+            "entity_id": entity_ids, "features": features, "score": pa.array(scores, pa.float64()),
             "latency_ms": pa.array(np.full(n, latency_ms)),
         }, schema=SCHEMA))
 

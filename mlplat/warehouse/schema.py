@@ -92,6 +92,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "actions: what was applied (idempotency) and what kept failing",
+        """
+        CREATE TABLE action_log (
+            idempotency_key VARCHAR PRIMARY KEY,   -- <action>:<prediction id>: a replayed prediction is skipped
+            action          VARCHAR NOT NULL,
+            prediction_id   VARCHAR NOT NULL,
+            outcome         VARCHAR NOT NULL,      -- ok | dead_letter
+            attempts        INTEGER NOT NULL,
+            done_at         TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE action_dead_letters (
+            idempotency_key VARCHAR PRIMARY KEY,
+            action          VARCHAR NOT NULL,
+            model           VARCHAR NOT NULL,
+            entity_id       VARCHAR,
+            prediction      JSON NOT NULL,
+            error           VARCHAR NOT NULL,
+            attempts        INTEGER NOT NULL,
+            failed_at       TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 )
 
 _BOOKKEEPING = """

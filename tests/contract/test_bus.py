@@ -17,6 +17,7 @@ from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, 
 from mlplat.backends.bus.kafka import KafkaBus
 from mlplat.backends.bus.memory import MemoryBus
 from mlplat.errors import BackendError, BackendUnavailable, ConfigError, NotFound
+from tests.waiting import until as wait_until
 
 LIMIT_S = 30.0
 """How long a helper waits for Kafka to deliver or rebalance before the test fails."""
@@ -67,15 +68,7 @@ async def drain(consumer: BusConsumer, want: int, limit_s: float = LIMIT_S) -> l
 
 
 async def until(check: Callable[[], bool], what: str, limit_s: float = LIMIT_S) -> None:
-    """Wait until check() holds (a rebalance finished, say); fail after limit_s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        if check():
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not reached in {limit_s:g}s")
-        await asyncio.sleep(0.05)
+    await wait_until(check, what, limit_s, every_s=0.05)
 
 
 def values(msgs: list[Message]) -> list[int]:

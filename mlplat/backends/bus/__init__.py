@@ -8,6 +8,7 @@ tests/contract/test_bus.py runs one suite against both.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -114,6 +115,25 @@ class EventBus(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def poll_batch(consumer: BusConsumer, *, max_records: int, wait_s: float
+                     ) -> dict[TopicPartition, list[Message]]:
+    """Accumulate until max_records messages or wait_s passed, whichever comes first ({} if none came)."""
+    batch: dict[TopicPartition, list[Message]] = {}
+    count = 0
+    deadline = time.monotonic() + wait_s
+    while count < max_records:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        polled = await consumer.poll(max_records=max_records - count, timeout_s=remaining)
+        for tp, messages in polled.items():
+            batch.setdefault(tp, []).extend(messages)
+            count += len(messages)
+        if not polled and count:
+            break
+    return batch
 
 
 def open_bus(url: str) -> EventBus:

@@ -1,0 +1,295 @@
+"""Streaming inference: the production version of each streaming model predicts on every arriving event (or
+closed window), and each prediction is published to the predictions topic (key = entity) and logged.
+
+Each model reads its feature set's topic in its own consumer group, independently of ingest. A batch is
+validated like ingest does (invalid events are ingest's dead letters; they are skipped here), the model's
+inputs come from the event or the window's aggregates, and whatever is missing from the entity's online
+features. The production version is looked up for every batch, so a promotion applies from the next batch
+on with nothing skipped. Offsets are committed after the predictions are acknowledged by the bus:
+at-least-once, and a replay publishes the same ids. Side effects are not run here (see actions.py): a slow
+action target cannot slow inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch
+from mlplat.backends.hotstore import HotStore
+from mlplat.compute.balancer import Balancer
+from mlplat.compute.jobs import Lane, Priority
+from mlplat.config import StreamingSettings
+from mlplat.errors import ConfigError, MlplatError, NotFound
+from mlplat.features.definitions import FeatureSet
+from mlplat.features.online import read_online
+from mlplat.features.registry import FeatureRegistry
+from mlplat.ingest.sink import DEAD_LETTER_SCHEMA
+from mlplat.ingest.validation import validate_events
+from mlplat.observability.logging import get_logger
+from mlplat.observability.metrics import Metrics
+from mlplat.serving.prediction_log import PredictionLog
+from mlplat.serving.registry import ModelVersion
+from mlplat.serving.service import ModelServing, ServedVersion
+from mlplat.streaming.definitions import StreamingConfig, StreamSpec
+from mlplat.streaming.records import PredictionRecord
+from mlplat.streaming.windows import ClosedWindow, TumblingWindows
+from mlplat.warehouse import ArrowWrite, Warehouse
+
+log = get_logger("streaming")
+NUMERIC = ("int", "float", "bool")
+
+
+class StreamInference:
+    """The supervised service: one loop per streaming model."""
+
+    name = "streaming"
+
+    def __init__(self, settings: StreamingSettings, config: StreamingConfig, bus: EventBus, hot_store: HotStore,
+                 warehouse: Warehouse, features: FeatureRegistry, serving: ModelServing, balancer: Balancer,
+                 prediction_log: PredictionLog | None, metrics: Metrics) -> None:
+        self._settings = settings
+        self._config = config
+        self._bus = bus
+        self._streams = [ModelStream(spec, settings, bus, hot_store, warehouse, features, serving, balancer,
+                                     prediction_log, metrics) for spec in config.streams]
+
+    async def start(self) -> None:
+        if not self._streams:
+            return
+        await self._bus.create_topic(self._settings.predictions_topic, partitions=self._settings.partitions)
+        for stream in self._streams:
+            await stream.start()
+
+    async def run(self) -> None:
+        if not self._streams:
+            await asyncio.Event().wait()
+        async with asyncio.TaskGroup() as group:
+            for stream in self._streams:
+                group.create_task(stream.run(), name=f"stream-{stream.spec.model}")
+
+    async def stop(self) -> None:
+        for stream in self._streams:
+            await stream.stop()
+
+
+class ModelStream:
+    def __init__(self, spec: StreamSpec, settings: StreamingSettings, bus: EventBus, hot_store: HotStore,
+                 warehouse: Warehouse, features: FeatureRegistry, serving: ModelServing, balancer: Balancer,
+                 prediction_log: PredictionLog | None, metrics: Metrics) -> None:
+        self.spec = spec
+        self._settings = settings
+        self._bus = bus
+        self._hot_store = hot_store
+        self._warehouse = warehouse
+        self._features = features
+        self._serving = serving
+        self._balancer = balancer
+        self._log = prediction_log
+        self._metrics = metrics
+        self._published = metrics.stream_predictions.labels(spec.model)
+        self._lag = metrics.stream_lag_seconds.labels(spec.model)
+        self._consumer: BusConsumer | None = None
+        self._windows = TumblingWindows(spec) if spec.window_s else None
+        self._read_up_to: dict[TopicPartition, int] = {}
+
+    @property
+    def group(self) -> str:
+        return f"{self._settings.consumer_group}-{self.spec.model}"
+
+    async def start(self) -> None:
+        fs = self._feature_set()
+        for agg in self.spec.aggregates:
+            if agg.feature and fs.feature(agg.feature).type not in NUMERIC:
+                raise ConfigError(f"stream {self.spec.model!r}: aggregate {agg.name!r} needs a numeric feature; "
+                                  f"{agg.feature!r} is {fs.feature(agg.feature).type}")
+        self._consumer = self._bus.consumer([fs.topic], group=self.group)
+        await self._consumer.start()
+        log.info("stream_started", model=self.spec.model, topic=fs.topic, group=self.group,
+                 window_s=self.spec.window_s or None)
+
+    def _feature_set(self) -> FeatureSet:
+        try:
+            return self._features.get(self.spec.feature_set)
+        except NotFound:
+            raise ConfigError(f"stream {self.spec.model!r}: feature set {self.spec.feature_set!r} is not "
+                              f"registered") from None
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def run(self) -> None:
+        assert self._consumer is not None
+        backoff = 0.2
+        while True:
+            batch = await poll_batch(self._consumer, max_records=self._settings.batch_size,
+                                     wait_s=self._settings.batch_wait_ms / 1000)
+            try:
+                if batch:
+                    await self.process(batch)
+                elif self._windows is not None and len(self._windows):  # caught up: the wall clock moves on
+                    await self._emit_windows(self._windows.close_idle(int(time.time() * 1e6)))
+                    await self._commit_windows()
+            except (MlplatError, OSError) as e:
+                # nothing after the last commit counts: rewind and take the same events again
+                waiting = isinstance(e, NotFound)  # no production version yet: look again soon, say so once
+                if not waiting:
+                    log.error("stream_batch_failed", model=self.spec.model, error=str(e), retry_in_s=backoff)
+                elif backoff == 0.2:
+                    log.warning("stream_waiting_for_model", model=self.spec.model, error=str(e))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5 if waiting else 30.0)
+                await self._consumer.seek_to_committed()
+                self._windows = TumblingWindows(self.spec) if self.spec.window_s else None
+                self._read_up_to.clear()
+            else:
+                backoff = 0.2
+
+    async def process(self, batch: dict[TopicPartition, list[Message]]) -> None:
+        assert self._consumer is not None
+        started = time.perf_counter()
+        fs = self._feature_set()
+        messages = [m for msgs in batch.values() for m in msgs]
+        validated = await self._balancer.run(
+            validate_events, fs, self._features.key_of(fs), [m.value for m in messages], dt.datetime.now(dt.UTC),
+            priority=Priority.SERVE, lane=Lane.THREAD)
+        dead = {d.index for d in validated.dead}
+        positions = [(m.tp, m.offset) for i, m in enumerate(messages) if i not in dead]
+        if validated.dead:
+            self._metrics.stream_skipped.labels(self.spec.model, "invalid_event").inc(len(validated.dead))
+        for tp, msgs in batch.items():
+            self._read_up_to[tp] = msgs[-1].offset + 1
+        if self._windows is None:
+            await self._predict_events(validated.rows, positions, started)
+            await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+            return
+        self._windows.forget(self._consumer.assignment())
+        late = self._windows.add(validated.rows, positions)
+        if late:
+            self._metrics.stream_skipped.labels(self.spec.model, "late_event").inc(late)
+        await self._emit_windows(self._windows.close_ready())
+        await self._commit_windows()
+
+    async def _commit_windows(self) -> None:
+        assert self._consumer is not None and self._windows is not None
+        safe = self._windows.safe_offsets(self._read_up_to)
+        owned = self._consumer.assignment()
+        await self._consumer.commit({tp: offset for tp, offset in safe.items() if tp in owned})
+
+    async def _predict_events(self, rows: pa.Table, positions: list[tuple[TopicPartition, int]],
+                              started: float) -> None:
+        if not rows.num_rows:
+            return
+        served = await self._serving.version_for(self.spec.model, 0)
+        mv = served.mv
+        given = {n: _floats(rows[n]) for n in mv.feature_names if n in rows.column_names}
+        entities = rows["entity_id"].to_pylist()
+        matrix = await self._inputs(mv, given, entities)
+        ids = [f"{self.spec.model}:{e}" for e in rows["event_id"].to_pylist()]
+        times = rows["event_time"].cast(pa.int64()).to_numpy()
+        skipped = [f"stream:{self.spec.model}:{tp.topic}:{tp.partition}:{offset}" for tp, offset in positions]
+        await self._publish(served, matrix, ids, entities, times, None, np.ones(len(ids), np.int64), skipped,
+                            started)
+
+    async def _emit_windows(self, closed: list[ClosedWindow]) -> None:
+        if not closed:
+            return
+        started = time.perf_counter()
+        served = await self._serving.version_for(self.spec.model, 0)
+        mv = served.mv
+        given = {a.name: np.array([math.nan if w.values[a.name] is None else w.values[a.name] for w in closed])
+                 for a in self.spec.aggregates if a.name in mv.feature_names}
+        entities = [w.entity_id for w in closed]
+        matrix = await self._inputs(mv, given, entities)
+        ids = [f"{self.spec.model}:{w.entity_id}:{w.start_us}" for w in closed]
+        await self._publish(served, matrix, ids, entities, np.array([w.end_us for w in closed]),
+                            [w.start_us for w in closed], np.array([w.count for w in closed]), ids, started)
+
+    async def _inputs(self, mv: ModelVersion, given: Mapping[str, np.ndarray], entities: list[str]) -> np.ndarray:
+        """The model's input matrix: given columns first, then each entity's online features; NaN where
+        neither has a value (the row is skipped)."""
+        matrix = np.full((len(entities), len(mv.features)), np.nan)
+        for j, name in enumerate(mv.feature_names):
+            if name in given:
+                matrix[:, j] = given[name]
+        holes = np.isnan(matrix)
+        if holes.any() and mv.feature_set:
+            rows = np.flatnonzero(holes.any(axis=1))
+            wanted = sorted({entities[i] for i in rows})
+            online = await read_online(self._hot_store, self._warehouse, self._features.get(mv.feature_set), wanted)
+            for i in rows.tolist():
+                doc = online.get(entities[i]) or {}
+                for j in np.flatnonzero(holes[i]).tolist():
+                    matrix[i, j] = _number(doc.get(mv.feature_names[j]))
+        return matrix
+
+    async def _publish(self, served: ServedVersion, matrix: np.ndarray, ids: list[str], entities: list[str],
+                       times_us: np.ndarray, window_starts: list[int] | None, counts: np.ndarray,
+                       source_keys: list[str], started: float) -> None:
+        mv = served.mv
+        complete = ~np.isnan(matrix).any(axis=1)
+        if not complete.all():
+            await self._skip_incomplete(mv, matrix, np.flatnonzero(~complete), entities, source_keys)
+        keep = np.flatnonzero(complete)
+        if not len(keep):
+            return
+        scores = await served.run(np.ascontiguousarray(matrix[keep]))
+        now_us = int(time.time() * 1e6)
+        records = [PredictionRecord(ids[i], mv.model, mv.version, entities[i], float(score), int(times_us[i]),
+                                    now_us, None if window_starts is None else window_starts[i], int(counts[i]))
+                   for i, score in zip(keep.tolist(), scores.tolist(), strict=True)]
+        await self._bus.publish_many(self._settings.predictions_topic,
+                                     [(r.entity_id.encode(), r.to_json()) for r in records])
+        self._published.inc(len(records))
+        for r in records:
+            self._lag.observe(max(now_us - r.event_time_us, 0) / 1e6)
+        if self._log is not None:
+            self._log.add_rows(pa.array([r.id for r in records], pa.string()), mv.model, mv.version,
+                               pa.array([r.entity_id for r in records], pa.string()), matrix[keep], scores,
+                               (time.perf_counter() - started) * 1000)
+
+    async def _skip_incomplete(self, mv: ModelVersion, matrix: np.ndarray, rows: np.ndarray, entities: list[str],
+                               source_keys: list[str]) -> None:
+        """Rows the model cannot take: a dead letter each, naming the first missing input."""
+        self._metrics.stream_skipped.labels(self.spec.model, "missing_feature").inc(len(rows))
+        now = dt.datetime.now(dt.UTC)
+        reasons = []
+        for i in rows.tolist():
+            missing = mv.feature_names[int(np.flatnonzero(np.isnan(matrix[i]))[0])]
+            reasons.append(f"missing_feature: {mv.model} v{mv.version} needs {missing!r}; neither the "
+                           f"{'window' if self._windows is not None else 'event'} nor the online features of "
+                           f"{entities[i]!r} have it")
+        table = pa.table({
+            "source_key": [source_keys[i] for i in rows.tolist()], "received_at": [now] * len(rows),
+            "source": [f"stream:{self.spec.model}"] * len(rows), "feature_set": [self.spec.feature_set] * len(rows),
+            "event_id": [None] * len(rows), "reason_code": ["missing_feature"] * len(rows), "reason": reasons,
+            "payload": [entities[i].encode() for i in rows.tolist()],
+        }, schema=DEAD_LETTER_SCHEMA)
+        await self._warehouse.write(ArrowWrite("dead_letters", table, mode="insert_ignore", key=("source_key",)))
+        log.warning("stream_rows_skipped", model=self.spec.model, rows=len(rows), first=reasons[0])
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """A feature column as float64 with NaN for nulls (bools become 0/1)."""
+    if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type):
+        column = pc.cast(column, pa.float64())
+    return np.asarray(column.to_numpy(), dtype=np.float64)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return math.nan
+

@@ -1,0 +1,33 @@
+"""`mlplat bench serve` and `mlplat bench stream` run end to end (tiny sizes) and print every documented key.
+Their numbers are read by people, never asserted against a speed: machines here are noisy."""
+
+from __future__ import annotations
+
+import json
+
+from tests.unit.test_cli import run
+
+SERVE_KEYS = ("p50_ms_c1", "p99_ms_c1", "rps_c1", "rps_c8", "rps_c32", "batch_rows_per_s", "floor_batch_rows_per_s",
+              "batch_ratio")
+
+
+def test_bench_serve_reports_every_key_for_both_models() -> None:
+    result = run("bench", "serve", "--seconds", "0.5", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["name"] == "serve"
+    for key in (*SERVE_KEYS, *(f"tree_{k}" for k in SERVE_KEYS), "stream_rps_c32", "grpc_noop_rps_c32"):
+        assert out["metrics"][key] > 0, key
+
+
+def test_bench_stream_reports_throughput_and_lag() -> None:
+    result = run("bench", "stream", "--events", "2000", "--rate", "500", "--seconds", "1", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["name"] == "stream" and out["params"]["bus"] == "memory://"
+    metrics = out["metrics"]
+    for key in ("events_per_s", "floor_events_per_s", "ratio", "raw_consume_events_per_s", "lag_p50_ms",
+                "lag_p99_ms"):
+        assert metrics[key] > 0, key
+    assert metrics["lag_events"] >= 400  # one second at 500/s, most of it read back
+    assert metrics["lag_p50_ms"] <= metrics["lag_p99_ms"]
