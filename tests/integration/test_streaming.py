@@ -198,11 +198,14 @@ async def test_every_event_gets_one_prediction_and_a_promotion_mid_stream_skips_
     for version, data in ((1, tree_bytes()), (v2, logistic_bytes())):
         mine = [e for e in events if by_id[f"churn:{e['event_id']}"].version == version]
         assert np.allclose([by_id[f"churn:{e['event_id']}"].score for e in mine], scores_of(data, mine))
-    # one entity's predictions never go back to the old version once the new one answered
-    seen: dict[str, list[int]] = defaultdict(list)
+    # one entity's predictions arrive in the order of its events, and never go back to the old version
+    versions_seen: dict[str, list[int]] = defaultdict(list)
+    events_seen: dict[str, list[int]] = defaultdict(list)
     for p in stack.predictions:
-        seen[p.entity_id].append(p.version)
-    assert all(v == sorted(v) for v in seen.values())
+        versions_seen[p.entity_id].append(p.version)
+        events_seen[p.entity_id].append(int(p.id.removeprefix("churn:ev")))
+    assert all(v == sorted(v) for v in versions_seen.values())
+    assert all(e == sorted(e) for e in events_seen.values())
     await asyncio.sleep(0.2)
     logged = await stack.daemon.warehouse.read(
         "SELECT count(*) AS n, count(DISTINCT request_id) AS ids FROM predictions WHERE model = 'churn'")
