@@ -103,3 +103,16 @@ def bench_stream(
     from mlplat.bench import stream
 
     _report(stream.run(events, rate, seconds, bus, _progress(json_out)), json_out)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    rows: Annotated[int, typer.Option(min=100, help="Rows in the reference and in the current sample.")] = 1_000_000,
+    features: Annotated[int, typer.Option(min=1, help="Numeric features compared.")] = 20,
+    bins: Annotated[int, typer.Option(min=2, help="Bins for PSI and KL (reference quantiles).")] = 10,
+    json_out: JsonOption = False,
+) -> None:
+    """KS, PSI and KL per feature vs the plain scipy/numpy computation; time and largest difference."""
+    from mlplat.bench import drift
+
+    _report(drift.run(rows, features, bins, _progress(json_out)), json_out)

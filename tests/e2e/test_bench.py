@@ -1,4 +1,4 @@
-"""`mlplat bench serve` and `mlplat bench stream` run end to end (tiny sizes) and print every documented key.
+"""`mlplat bench serve`, `stream` and `drift` run end to end (tiny sizes) and print every documented key.
 Their numbers are read by people, never asserted against a speed: machines here are noisy."""
 
 from __future__ import annotations
@@ -31,3 +31,11 @@ def test_bench_stream_reports_throughput_and_lag() -> None:
         assert metrics[key] > 0, key
     assert metrics["lag_events"] >= 400  # one second at 500/s, most of it read back
     assert metrics["lag_p50_ms"] <= metrics["lag_p99_ms"]
+
+
+def test_bench_drift_reports_time_speedup_and_the_largest_difference() -> None:
+    result = run("bench", "drift", "--rows", "20000", "--features", "4", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["seconds"] > 0 and metrics["reference_seconds"] > 0 and metrics["speedup"] > 0
+    assert 0 <= metrics["max_abs_diff"] < 1e-9

@@ -1,0 +1,1 @@
+"""Service C: drift statistics, time buckets and drift runs (seed 000)."""
