@@ -221,6 +221,30 @@ class ActionSettings(_Section):
     dead_letter_topic: str = Field("mlplat.actions.deadletters", description="where failed actions are published")
 
 
+class MonitoringSettings(_Section):
+    """Drift runs: each production model's recent predictions against its training window."""
+
+    bucket_s: float = Field(3600.0, gt=0, description="width of the time buckets compared with the reference")
+    bins: int = Field(10, ge=2, le=1000, description="bins (reference quantiles) for PSI, KL and JS")
+    min_rows: int = Field(100, ge=1, description="fewer current rows than this: not enough data, no verdict")
+    reference_max_rows: int = Field(1_000_000, ge=100, description="reference rows read at most (newest first)")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"psi": 0.2, "ks": 0.1, "js": 0.1, "kl": 0.1},
+        description="a statistic at or above its threshold has crossed it",
+    )
+    detect_on: list[str] = Field(default_factory=lambda: ["psi", "ks"],
+                                 description="statistics whose crossing counts as drift")
+
+    @field_validator("detect_on")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        known = {"ks", "psi", "kl", "js", "wasserstein"}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown statistic {unknown[0]!r} (expected {', '.join(sorted(known))})")
+        return v
+
+
 class DemoSettings(_Section):
     """`mlplat run --demo`: generated traffic so every part of the platform has something to do."""
 
@@ -257,6 +281,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     streaming: StreamingSettings = StreamingSettings()
     actions: ActionSettings = ActionSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -15,6 +15,7 @@ from mlplat.api.admin import AdminServicer
 from mlplat.api.features import FeatureServicer
 from mlplat.api.ingest import IngestServicer
 from mlplat.api.models import ModelServicer, PredictionServicer
+from mlplat.api.monitoring import MonitoringServicer
 from mlplat.api.server import ApiServer
 from mlplat.api.v1 import (
     admin_pb2,
@@ -25,6 +26,8 @@ from mlplat.api.v1 import (
     ingest_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
 )
 from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
 from mlplat.backends.bus import EventBus, open_bus
@@ -40,6 +43,7 @@ from mlplat.features.definitions import load_catalog
 from mlplat.features.registry import FeatureRegistry, FeatureRegistryService
 from mlplat.ingest.batch import BatchIngest
 from mlplat.ingest.stream import StreamIngest
+from mlplat.monitoring.drift import DriftMonitor
 from mlplat.observability.health import Readiness
 from mlplat.observability.http import HttpServer
 from mlplat.observability.logging import get_logger, register_secret
@@ -113,6 +117,9 @@ class Daemon:
                                          self.features, self.serving, self.balancer, self.prediction_log, self.metrics)
         self.actions = ActionExecutor(settings.actions, settings.streaming, streaming, self.bus, self.warehouse,
                                       self.metrics)
+        self.monitoring = DriftMonitor(settings.monitoring, self.warehouse, self.hot_store, self.registry,
+                                       self.serving, self.features, self.balancer, self.metrics)
+        monitoring = MonitoringServicer(self.monitoring, self.metrics)
         models = ModelServicer(self.registry, self.metrics, serve_here=self.serving.swap_to)
         predictions = PredictionServicer(self.serving, self.metrics)
         self.api = ApiServer(
@@ -127,7 +134,9 @@ class Daemon:
              (models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
               lambda server: models_pb2_grpc.add_ModelServiceServicer_to_server(models, server)),
              (models_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-              lambda server: models_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server))],
+              lambda server: models_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)),
+             (monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
+              lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(monitoring, server))],
         )
         self.http = HttpServer(settings.api, self.metrics, self.readiness)
         self.monitor = BackendMonitor(
@@ -139,7 +148,7 @@ class Daemon:
             [self.http, self.warehouse,
              BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
              FeatureRegistryService(self.features, catalog), self.monitor, self.ingest, self.serving,
-             self.streaming, self.actions,
+             self.streaming, self.actions, self.monitoring,
              *([DemoTraffic(settings.demo, self.bus, self.features)] if settings.demo.enabled else []), self.api],
             settings.supervisor, self.metrics, self.readiness,
         )

@@ -28,7 +28,8 @@ def version_info(mv: ModelVersion) -> models_pb2.ModelVersionInfo:
         model=mv.model, version=mv.version, stage=mv.stage, flavour=mv.flavour, sha256=mv.sha256,
         features=[models_pb2.InputFeature(name=f.name, type=f.type) for f in mv.features],
         feature_set=mv.feature_set or "", metrics=mv.metrics, created_by=mv.created_by, reason=mv.reason,
-        created_at=mv.created_at,
+        created_at=mv.created_at, training_start=mv.training_window.get("start", ""),
+        training_end=mv.training_window.get("end", ""),
     )
 
 
@@ -58,6 +59,8 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
                 header.name, b"".join(chunks), header.flavour,
                 [InputFeature(f.name, f.type or "float") for f in header.features],
                 feature_set=header.feature_set or None, metrics=dict(header.metrics),
+                training_window={k: v for k, v in (("start", header.training_start), ("end", header.training_end))
+                                 if v},
                 reason=header.reason or "registered",
             )
         return version_info(mv)

@@ -12,6 +12,7 @@ import typer
 from mlplat import __version__
 from mlplat.cli.bench import bench_app
 from mlplat.cli.client import query_command, status_command
+from mlplat.cli.drift import drift_command
 from mlplat.cli.generate import generate_app
 from mlplat.cli.ingest import ingest_command
 from mlplat.cli.models import models_app
@@ -36,6 +37,7 @@ app.command("query")(query_command)
 app.command("status")(status_command)
 app.command("ingest")(ingest_command)
 app.command("predict")(predict_command)
+app.command("drift")(drift_command)
 
 ConfigOption = Annotated[
     Path | None,

@@ -23,7 +23,8 @@ ReasonOption = Annotated[str, typer.Option(help="Why: recorded in the audit log.
 def info_dict(v: models_pb2.ModelVersionInfo) -> dict[str, Any]:
     return {"model": v.model, "version": v.version, "stage": v.stage, "flavour": v.flavour, "sha256": v.sha256,
             "features": [{"name": f.name, "type": f.type} for f in v.features], "feature_set": v.feature_set or None,
-            "metrics": dict(v.metrics), "created_by": v.created_by, "reason": v.reason, "created_at": v.created_at}
+            "metrics": dict(v.metrics), "created_by": v.created_by, "reason": v.reason, "created_at": v.created_at,
+            "training_window": {"start": v.training_start, "end": v.training_end} if v.training_start else None}
 
 
 def _print_versions(versions: list[models_pb2.ModelVersionInfo], json_out: bool) -> None:
@@ -53,6 +54,10 @@ def register(
         "--feature-set", "-f", help="Feature set an entity's missing inputs are read from at prediction time.")]
     = None,
     flavour: Annotated[str | None, typer.Option(help="sklearn or onnx (default: from the file extension).")] = None,
+    train_start: Annotated[str | None, typer.Option(
+        help="Start of the training data's time range in --feature-set (ISO 8601): drift is measured against "
+             "the rows from here ...")] = None,
+    train_end: Annotated[str | None, typer.Option(help="... to here (exclusive).")] = None,
     reason: ReasonOption = "registered",
     target: TargetOption = "127.0.0.1:50051",
     json_out: JsonOption = False,
@@ -79,7 +84,8 @@ def register(
                 if first:
                     yield models_pb2.RegisterModelRequest(name=name, flavour=chosen, features=features,
                                                           feature_set=feature_set or "", reason=reason,
-                                                          chunk=block)
+                                                          training_start=train_start or "",
+                                                          training_end=train_end or "", chunk=block)
                     first = False
                 else:
                     yield models_pb2.RegisterModelRequest(chunk=block)

@@ -136,6 +136,18 @@ class Metrics:
             "mlplat_actions_pending", "Actions read from the predictions topic and not finished (back-pressure).",
             registry=r,
         )
+        # monitoring
+        self.feature_drift = Gauge("mlplat_feature_drift", "Latest drift statistic of a model input.",
+                                   ["model", "feature", "statistic"], registry=r)
+        self.prediction_drift = Gauge("mlplat_prediction_drift", "Latest drift statistic of a model's scores.",
+                                      ["model", "statistic"], registry=r)
+        self.model_performance = Gauge("mlplat_model_performance", "Latest performance against labels.",
+                                       ["model", "metric"], registry=r)
+        self.drift_detected = Gauge("mlplat_drift_detected", "1 when the latest drift run crossed a threshold.",
+                                    ["model"], registry=r)
+        self.drift_run_seconds = Histogram("mlplat_drift_run_seconds", "Time one drift run took (every model).",
+                                           buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+                                           registry=r)
         # api
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r

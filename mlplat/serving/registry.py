@@ -129,6 +129,7 @@ class ModelRegistry:
         if flavour not in FLAVOURS:
             raise RegistryError(f"flavour {flavour!r}: expected one of {', '.join(FLAVOURS)}")
         inputs = _checked_inputs(features)
+        window = _checked_window(training_window or {}, feature_set)
         await self._balancer.run(_check_model, data, flavour, len(inputs), priority=Priority.SERVE,
                                  lane=Lane.THREAD)
         digest = sha256_of(data)
@@ -140,7 +141,7 @@ class ModelRegistry:
         async with self._lock:
             version = await self._next_version(name)
             mv = ModelVersion(name, version, "staging", flavour, digest, key, inputs, feature_set,
-                              dict(metrics or {}), dict(training_window or {}), created_by, reason,
+                              dict(metrics or {}), window, created_by, reason,
                               dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
             await self._warehouse.write(SqlWrite(
                 "INSERT INTO model_versions (model, version, stage, flavour, sha256, artifact_key, features, "
@@ -244,6 +245,24 @@ async def fetch_verified(artifacts: ArtifactStore, mv: ModelVersion) -> bytes:
         raise RegistryError(f"{mv.model} version {mv.version}: artifact {mv.artifact_key} fails its sha256 check "
                             "(changed or damaged in the store); not loaded")
     return data
+
+
+def _checked_window(window: dict[str, str], feature_set: str | None) -> dict[str, str]:
+    """Both ends or neither, ISO 8601, start before end, and a feature set to read the rows from."""
+    if not window:
+        return {}
+    if set(window) != {"start", "end"}:
+        raise RegistryError("a training window needs both start and end (ISO 8601)")
+    try:
+        start, end = (dt.datetime.fromisoformat(window[k]) for k in ("start", "end"))
+    except ValueError as e:
+        raise RegistryError(f"training window: {e}") from None
+    start, end = (t if t.tzinfo else t.replace(tzinfo=dt.UTC) for t in (start, end))
+    if start >= end:
+        raise RegistryError(f"training window: start {window['start']} is not before end {window['end']}")
+    if not feature_set:
+        raise RegistryError("a training window needs the feature set its rows are in (--feature-set)")
+    return {"start": start.isoformat(), "end": end.isoformat()}
 
 
 def production_from_hot_store(raw: dict[str, bytes]) -> dict[str, ModelVersion]:

@@ -261,6 +261,10 @@ class ModelServing:
     def served(self) -> list[ModelVersion]:
         return [s.mv for _, s in sorted(self._served.items())]
 
+    def served_models(self) -> dict[str, ModelVersion]:
+        """The production version each model is served at here."""
+        return {model: served.mv for model, served in self._served.items()}
+
     async def version_for(self, model: str, version: int = 0) -> ServedVersion:
         current = self._served.get(model)
         if version in (0, None) or (current is not None and current.mv.version == version):

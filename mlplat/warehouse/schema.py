@@ -116,6 +116,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "drift results",
+        """
+        CREATE TABLE drift_results (
+            model         VARCHAR NOT NULL,
+            version       INTEGER NOT NULL,
+            bucket_start  TIMESTAMPTZ NOT NULL,
+            bucket_end    TIMESTAMPTZ NOT NULL,
+            feature       VARCHAR NOT NULL,    -- a model input, or __prediction__ for the scores
+            statistic     VARCHAR NOT NULL,    -- ks, ks_pvalue, psi, kl, js, wasserstein
+            value         DOUBLE NOT NULL,
+            threshold     DOUBLE,              -- null: reported, never judged
+            crossed       BOOLEAN NOT NULL,
+            reference_n   BIGINT NOT NULL,
+            current_n     BIGINT NOT NULL,
+            computed_at   TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (model, version, bucket_start, feature, statistic)
+        );
+        """,
+    ),
 )
 
 _BOOKKEEPING = """

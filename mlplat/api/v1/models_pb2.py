@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlplat/v1/models.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\x0cInputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xc5\x02\n\x10ModelVersionInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x07 \x01(\t\x12\x39\n\x07metrics\x18\x08 \x03(\x0b\x32(.mlplat.v1.ModelVersionInfo.MetricsEntry\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x83\x02\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x02 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12=\n\x07metrics\x18\x06 \x03(\x0b\x32,.mlplat.v1.RegisterModelRequest.MetricsEntry\x12\r\n\x05\x63hunk\x18\x07 \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"E\n\x14ListVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.mlplat.v1.ModelVersionInfo\">\n\x0cStageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x82\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8b\x01\n\x0fPredictResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\"p\n\x13PredictBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x0c\n\x04rows\x18\x04 \x01(\r\x12\x14\n\x0c\x66loat64_rows\x18\x05 \x01(\x0c\"Z\n\x14PredictBatchResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x32\xb2\x02\n\x0cModelService\x12O\n\rRegisterModel\x12\x1f.mlplat.v1.RegisterModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo(\x01\x12O\n\x0cListVersions\x12\x1e.mlplat.v1.ListVersionsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12?\n\x07Promote\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12?\n\x07\x41rchive\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo2\x84\x03\n\x11PredictionService\x12K\n\nListModels\x12\x1c.mlplat.v1.ListModelsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12\x43\n\x08GetModel\x12\x1a.mlplat.v1.GetModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12@\n\x07Predict\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse\x12O\n\x0cPredictBatch\x12\x1e.mlplat.v1.PredictBatchRequest\x1a\x1f.mlplat.v1.PredictBatchResponse\x12J\n\rPredictStream\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlplat/v1/models.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\x0cInputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xf3\x02\n\x10ModelVersionInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x07 \x01(\t\x12\x39\n\x07metrics\x18\x08 \x03(\x0b\x32(.mlplat.v1.ModelVersionInfo.MetricsEntry\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x16\n\x0etraining_start\x18\x0c \x01(\t\x12\x14\n\x0ctraining_end\x18\r \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb1\x02\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x02 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12=\n\x07metrics\x18\x06 \x03(\x0b\x32,.mlplat.v1.RegisterModelRequest.MetricsEntry\x12\r\n\x05\x63hunk\x18\x07 \x01(\x0c\x12\x16\n\x0etraining_start\x18\x08 \x01(\t\x12\x14\n\x0ctraining_end\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"E\n\x14ListVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.mlplat.v1.ModelVersionInfo\">\n\x0cStageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x82\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8b\x01\n\x0fPredictResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\"p\n\x13PredictBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x0c\n\x04rows\x18\x04 \x01(\r\x12\x14\n\x0c\x66loat64_rows\x18\x05 \x01(\x0c\"Z\n\x14PredictBatchResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x32\xb2\x02\n\x0cModelService\x12O\n\rRegisterModel\x12\x1f.mlplat.v1.RegisterModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo(\x01\x12O\n\x0cListVersions\x12\x1e.mlplat.v1.ListVersionsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12?\n\x07Promote\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12?\n\x07\x41rchive\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo2\x84\x03\n\x11PredictionService\x12K\n\nListModels\x12\x1c.mlplat.v1.ListModelsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12\x43\n\x08GetModel\x12\x1a.mlplat.v1.GetModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12@\n\x07Predict\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse\x12O\n\x0cPredictBatch\x12\x1e.mlplat.v1.PredictBatchRequest\x1a\x1f.mlplat.v1.PredictBatchResponse\x12J\n\rPredictStream\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,33 +39,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INPUTFEATURE']._serialized_start=67
   _globals['_INPUTFEATURE']._serialized_end=109
   _globals['_MODELVERSIONINFO']._serialized_start=112
-  _globals['_MODELVERSIONINFO']._serialized_end=437
-  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_start=391
-  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_end=437
-  _globals['_REGISTERMODELREQUEST']._serialized_start=440
-  _globals['_REGISTERMODELREQUEST']._serialized_end=699
-  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_start=391
-  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_end=437
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=701
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=737
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=739
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=808
-  _globals['_STAGEREQUEST']._serialized_start=810
-  _globals['_STAGEREQUEST']._serialized_end=872
-  _globals['_LISTMODELSREQUEST']._serialized_start=874
-  _globals['_LISTMODELSREQUEST']._serialized_end=893
-  _globals['_GETMODELREQUEST']._serialized_start=895
-  _globals['_GETMODELREQUEST']._serialized_end=944
-  _globals['_PREDICTREQUEST']._serialized_start=947
-  _globals['_PREDICTREQUEST']._serialized_end=1077
-  _globals['_PREDICTRESPONSE']._serialized_start=1080
-  _globals['_PREDICTRESPONSE']._serialized_end=1219
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=1221
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=1333
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1335
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1425
-  _globals['_MODELSERVICE']._serialized_start=1428
-  _globals['_MODELSERVICE']._serialized_end=1734
-  _globals['_PREDICTIONSERVICE']._serialized_start=1737
-  _globals['_PREDICTIONSERVICE']._serialized_end=2125
+  _globals['_MODELVERSIONINFO']._serialized_end=483
+  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_start=437
+  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_end=483
+  _globals['_REGISTERMODELREQUEST']._serialized_start=486
+  _globals['_REGISTERMODELREQUEST']._serialized_end=791
+  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_start=437
+  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_end=483
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=793
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=829
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=831
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=900
+  _globals['_STAGEREQUEST']._serialized_start=902
+  _globals['_STAGEREQUEST']._serialized_end=964
+  _globals['_LISTMODELSREQUEST']._serialized_start=966
+  _globals['_LISTMODELSREQUEST']._serialized_end=985
+  _globals['_GETMODELREQUEST']._serialized_start=987
+  _globals['_GETMODELREQUEST']._serialized_end=1036
+  _globals['_PREDICTREQUEST']._serialized_start=1039
+  _globals['_PREDICTREQUEST']._serialized_end=1169
+  _globals['_PREDICTRESPONSE']._serialized_start=1172
+  _globals['_PREDICTRESPONSE']._serialized_end=1311
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=1313
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=1425
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1427
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1517
+  _globals['_MODELSERVICE']._serialized_start=1520
+  _globals['_MODELSERVICE']._serialized_end=1826
+  _globals['_PREDICTIONSERVICE']._serialized_start=1829
+  _globals['_PREDICTIONSERVICE']._serialized_end=2217
 # @@protoc_insertion_point(module_scope)

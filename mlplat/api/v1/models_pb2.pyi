@@ -77,6 +77,8 @@ class ModelVersionInfo(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    TRAINING_START_FIELD_NUMBER: _builtins.int
+    TRAINING_END_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     stage: _builtins.str
@@ -88,6 +90,9 @@ class ModelVersionInfo(_message.Message):
     created_by: _builtins.str
     reason: _builtins.str
     created_at: _builtins.str
+    training_start: _builtins.str
+    """The training data's time range in its feature set (ISO 8601): drift is measured against it."""
+    training_end: _builtins.str
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputFeature]: ...
     @_builtins.property
@@ -106,10 +111,12 @@ class ModelVersionInfo(_message.Message):
         created_by: _builtins.str = ...,
         reason: _builtins.str = ...,
         created_at: _builtins.str = ...,
+        training_start: _builtins.str = ...,
+        training_end: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "feature_set", b"feature_set", "features", b"features", "flavour", b"flavour", "metrics", b"metrics", "model", b"model", "reason", b"reason", "sha256", b"sha256", "stage", b"stage", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "feature_set", b"feature_set", "features", b"features", "flavour", b"flavour", "metrics", b"metrics", "model", b"model", "reason", b"reason", "sha256", b"sha256", "stage", b"stage", "training_end", b"training_end", "training_start", b"training_start", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,11 +153,16 @@ class RegisterModelRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    TRAINING_START_FIELD_NUMBER: _builtins.int
+    TRAINING_END_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     flavour: _builtins.str
     feature_set: _builtins.str
     reason: _builtins.str
     chunk: _builtins.bytes
+    training_start: _builtins.str
+    """ISO 8601; both or neither. The rows of feature_set in [start, end) are the drift reference."""
+    training_end: _builtins.str
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputFeature]: ...
     @_builtins.property
@@ -165,10 +177,12 @@ class RegisterModelRequest(_message.Message):
         reason: _builtins.str = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         chunk: _builtins.bytes = ...,
+        training_start: _builtins.str = ...,
+        training_end: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "feature_set", b"feature_set", "features", b"features", "flavour", b"flavour", "metrics", b"metrics", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "feature_set", b"feature_set", "features", b"features", "flavour", b"flavour", "metrics", b"metrics", "name", b"name", "reason", b"reason", "training_end", b"training_end", "training_start", b"training_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,249 @@
+"""Drift runs: each production model's recent predictions compared with its reference.
+
+The reference is the training data of the production version: the rows of its feature set inside the
+`training_window` recorded at registration (at most `monitoring.reference_max_rows`, newest first), and the
+model's own scores on them. The current sample is the bucket of the prediction log (`monitoring.bucket_s`
+wide) that holds the run's time: the inputs as the model received them and its scores. Reads use reader
+cursors; the statistics run on the balancer in the monitor class, so a run never holds up ingest or
+serving. Results go to `drift_results` (history), the hot store (`mlplat:drift:<model>`, the latest run,
+which automation scans) and the `mlplat_*drift*` gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from mlplat.backends.hotstore import HotStore
+from mlplat.compute.balancer import Balancer
+from mlplat.compute.jobs import Cost, Priority
+from mlplat.config import MonitoringSettings
+from mlplat.errors import MlplatError, NotFound
+from mlplat.features.registry import FeatureRegistry
+from mlplat.monitoring.statistics import NotEnoughData, numeric_drift
+from mlplat.observability.logging import get_logger
+from mlplat.observability.metrics import Metrics
+from mlplat.serving.flavours import Predictor
+from mlplat.serving.registry import ModelRegistry, ModelVersion
+from mlplat.serving.service import ModelServing
+from mlplat.warehouse import ArrowWrite, Warehouse
+
+log = get_logger("monitoring")
+PREDICTION = "__prediction__"
+DRIFT_KEY = "mlplat:drift:{model}"
+_TS = pa.timestamp("us", tz="UTC")
+RESULT_SCHEMA = pa.schema([
+    ("model", pa.string()), ("version", pa.int32()), ("bucket_start", _TS), ("bucket_end", _TS),
+    ("feature", pa.string()), ("statistic", pa.string()), ("value", pa.float64()), ("threshold", pa.float64()),
+    ("crossed", pa.bool_()), ("reference_n", pa.int64()), ("current_n", pa.int64()), ("computed_at", _TS),
+])
+
+
+@dataclass(frozen=True)
+class DriftValue:
+    feature: str
+    statistic: str
+    value: float
+    threshold: float | None
+    crossed: bool
+    reference_n: int
+    current_n: int
+
+
+@dataclass
+class ModelDrift:
+    model: str
+    version: int
+    bucket_start: str
+    bucket_end: str
+    computed_at: str
+    detected: bool = False
+    reason: str = ""  # why there is no verdict (no reference, not enough data)
+    values: list[DriftValue] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ModelDrift:
+        raw = json.loads(data)
+        raw["values"] = [DriftValue(**v) for v in raw.get("values", [])]
+        return cls(**raw)
+
+
+def compare(reference: np.ndarray, current: np.ndarray, names: list[str], bins: int
+            ) -> list[tuple[str, dict[str, float] | str, int, int]]:
+    """Per column: its statistics, or why there are none. Runs on a balancer worker."""
+    out: list[tuple[str, dict[str, float] | str, int, int]] = []
+    for j, name in enumerate(names):
+        result = numeric_drift(reference[:, j], current[:, j], bins=bins)
+        if isinstance(result, NotEnoughData):
+            out.append((name, result.reason, 0, 0))
+        else:
+            out.append((name, result.values(), result.reference_n, result.current_n))
+    return out
+
+
+def _score(predictor: Predictor, matrix: np.ndarray) -> np.ndarray:
+    return predictor.predict(matrix)
+
+
+class DriftMonitor:
+    """The service: idle until a run is asked for (by automation's schedule, the API or the CLI)."""
+
+    name = "monitoring"
+
+    def __init__(self, settings: MonitoringSettings, warehouse: Warehouse, hot_store: HotStore,
+                 registry: ModelRegistry, serving: ModelServing, features: FeatureRegistry, balancer: Balancer,
+                 metrics: Metrics) -> None:
+        self._settings = settings
+        self._warehouse = warehouse
+        self._hot_store = hot_store
+        self._registry = registry
+        self._serving = serving
+        self._features = features
+        self._balancer = balancer
+        self._metrics = metrics
+        self._lock = asyncio.Lock()  # one run at a time; a second request waits for it
+
+    async def start(self) -> None:
+        return None
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        return None
+
+    async def latest(self, model: str | None = None) -> list[ModelDrift]:
+        """The latest run's results per model, from the hot store."""
+        names = [model] if model else sorted(self._serving.served_models())
+        out = []
+        for name in names:
+            raw = await self._hot_store.get(DRIFT_KEY.format(model=name))
+            if raw is not None:
+                out.append(ModelDrift.from_json(raw))
+        if model and not out:
+            raise NotFound(f"no drift results for {model!r} yet (run `mlplat drift --run`)")
+        return out
+
+    async def run_drift(self, models: list[str] | None = None, at: dt.datetime | None = None) -> list[ModelDrift]:
+        """Compare every production model (or the ones named) now; returns the results it stored."""
+        async with self._lock:
+            started = time.perf_counter()
+            now = at or dt.datetime.now(dt.UTC)
+            served = self._serving.served_models()
+            names = models or sorted(served)
+            unknown = [m for m in names if m not in served]
+            if unknown:
+                raise NotFound(f"model {unknown[0]!r} has no production version served here "
+                               f"({', '.join(sorted(served)) or 'none'})")
+            results = []
+            for name in names:
+                results.append(await self._one(served[name], now))
+            self._metrics.drift_run_seconds.observe(time.perf_counter() - started)
+            return results
+
+    async def _one(self, mv: ModelVersion, now: dt.datetime) -> ModelDrift:
+        width = dt.timedelta(seconds=self._settings.bucket_s)
+        start = dt.datetime.fromtimestamp(now.timestamp() // self._settings.bucket_s * self._settings.bucket_s,
+                                          dt.UTC)
+        drift = ModelDrift(mv.model, mv.version, start.isoformat(), (start + width).isoformat(), now.isoformat())
+        try:
+            reference = await self._reference(mv)
+            current, scores = await self._current(mv, start, start + width)
+        except _NoVerdict as e:
+            drift.reason = str(e)
+        else:
+            await self._judge(drift, mv, reference, current, scores)
+        await self._store(drift, start, start + width, now)
+        log.info("drift_run", model=mv.model, version=mv.version, detected=drift.detected,
+                 reason=drift.reason or None, crossed=[f"{v.feature}:{v.statistic}" for v in drift.values if v.crossed])
+        return drift
+
+    async def _reference(self, mv: ModelVersion) -> np.ndarray:
+        window = mv.training_window
+        if not mv.feature_set or not window.get("start") or not window.get("end"):
+            raise _NoVerdict(f"{mv.model} v{mv.version} has no reference: register it with a feature set and a "
+                             "training window (--train-start/--train-end)")
+        fs = self._features.get(mv.feature_set)
+        known = {f.name for f in fs.features}
+        missing = [n for n in mv.feature_names if n not in known]
+        if missing:
+            raise _NoVerdict(f"input {missing[0]!r} of {mv.model} is not in feature set {fs.name!r}")
+        columns = ", ".join(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names)
+        table = await self._warehouse.read(
+            f'SELECT {columns} FROM "{fs.table}" WHERE event_time >= ?::TIMESTAMPTZ AND event_time < ?::TIMESTAMPTZ '
+            "ORDER BY event_time DESC LIMIT ?", [window["start"], window["end"], self._settings.reference_max_rows])
+        if not table.num_rows:
+            raise _NoVerdict(f"no rows of {fs.name!r} in the training window {window['start']} .. {window['end']}")
+        return np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
+                                for n in mv.feature_names])
+
+    async def _current(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        table = await self._warehouse.read(
+            "SELECT features, score FROM predictions WHERE model = ? AND version = ? AND predicted_at >= ? "
+            "AND predicted_at < ?", [mv.model, mv.version, start, end])
+        if table.num_rows < self._settings.min_rows:
+            raise _NoVerdict(f"not enough data: {table.num_rows} predictions of v{mv.version} in the bucket from "
+                             f"{start.isoformat()} (monitoring.min_rows = {self._settings.min_rows})")
+        flat = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(table.num_rows, len(mv.features)), table["score"].to_numpy()
+
+    async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: np.ndarray, current: np.ndarray,
+                     scores: np.ndarray) -> None:
+        bins = self._settings.bins
+        # numpy sorts and merges, mostly without the GIL: a thread, never a copy of the samples to a process
+        cost = Cost(expected_ms=max(1.0, (len(reference) + len(current)) * len(mv.features) / 30_000),
+                    releases_gil=True)
+        per_feature = await self._balancer.run(compare, reference, current, mv.feature_names, bins,
+                                               priority=Priority.MONITOR, cost=cost)
+        predictor = (await self._serving.version_for(mv.model, mv.version)).predictor
+        reference_scores = await self._balancer.run(_score, predictor, reference, priority=Priority.MONITOR,
+                                                    cost=cost)
+        [prediction] = await self._balancer.run(compare, reference_scores.reshape(-1, 1), scores.reshape(-1, 1),
+                                                [PREDICTION], bins, priority=Priority.MONITOR, cost=cost)
+        thresholds, detect_on = self._settings.thresholds, set(self._settings.detect_on)
+        for feature, values, ref_n, cur_n in [*per_feature, prediction]:
+            if isinstance(values, str):
+                continue
+            for statistic, value in values.items():
+                threshold = thresholds.get(statistic)
+                crossed = threshold is not None and value >= threshold
+                drift.values.append(DriftValue(feature, statistic, value, threshold, crossed, ref_n, cur_n))
+                if crossed and statistic in detect_on and feature != PREDICTION:
+                    drift.detected = True
+
+    async def _store(self, drift: ModelDrift, start: dt.datetime, end: dt.datetime, now: dt.datetime) -> None:
+        model = drift.model
+        for v in drift.values:
+            if v.feature == PREDICTION:
+                self._metrics.prediction_drift.labels(model, v.statistic).set(v.value)
+            else:
+                self._metrics.feature_drift.labels(model, v.feature, v.statistic).set(v.value)
+        self._metrics.drift_detected.labels(model).set(1.0 if drift.detected else 0.0)
+        try:
+            await self._hot_store.set(DRIFT_KEY.format(model=model), drift.to_json())
+        except MlplatError as e:  # the history below still has it
+            log.warning("drift_latest_not_stored", model=model, error=str(e))
+        if drift.values:
+            n = len(drift.values)
+            await self._warehouse.write(ArrowWrite("drift_results", pa.table({
+                "model": [model] * n, "version": [drift.version] * n, "bucket_start": [start] * n,
+                "bucket_end": [end] * n, "feature": [v.feature for v in drift.values],
+                "statistic": [v.statistic for v in drift.values], "value": [v.value for v in drift.values],
+                "threshold": [v.threshold for v in drift.values], "crossed": [v.crossed for v in drift.values],
+                "reference_n": [v.reference_n for v in drift.values], "current_n": [v.current_n for v in drift.values],
+                "computed_at": [now] * n}, schema=RESULT_SCHEMA), mode="upsert",
+                key=("model", "version", "bucket_start", "feature", "statistic")))
+
+
+class _NoVerdict(Exception):
+    """The run cannot judge this model now; the message says why."""

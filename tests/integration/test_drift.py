@@ -1,0 +1,123 @@
+"""Drift runs in a whole daemon: a shift injected with the generator is detected on exactly the shifted
+feature; results reach the warehouse, the hot store, the gauges, the API and `mlplat drift`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlplat.daemon import Daemon
+from mlplat.ingest.generator import GeneratorSpec, generate_records
+from mlplat.monitoring.drift import DRIFT_KEY, PREDICTION, ModelDrift
+from tests.integration.test_serving import daemon_settings
+from tests.models import FEATURES, logistic_bytes
+
+T0 = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+NAMES = [f.name for f in FEATURES]
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(daemon_settings(tmp_path))
+    await d.start()
+    yield d
+    await d.stop()
+
+
+def rows(seed: int, n: int, shift: dict[str, float] | None = None, start: dt.datetime = T0) -> list[dict[str, Any]]:
+    from mlplat.features.definitions import load_catalog
+
+    fs = load_catalog(Path("config/features.toml")).feature_sets["user_activity"]
+    return generate_records(GeneratorSpec(fs, "user_id", entities=300, seed=seed, shift=shift or {}, start=start,
+                                          step_ms=1000), n)
+
+
+def matrix(records: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([[float(r[n]) for n in NAMES] for r in records])
+
+
+async def register(daemon: Daemon, name: str, window: dict[str, str] | None) -> None:
+    mv = await daemon.registry.register(name, logistic_bytes(), "sklearn", FEATURES, feature_set="user_activity",
+                                       training_window=window)
+    await daemon.registry.promote(name, mv.version)
+    await daemon.serving.swap_to(mv)
+
+
+async def test_a_shift_is_detected_on_exactly_the_shifted_feature(daemon: Daemon, tmp_path: Path) -> None:
+    reference = rows(1, 5000)
+    path = tmp_path / "reference.ndjson"
+    path.write_text("\n".join(json.dumps(r) for r in reference))
+    summary = await daemon.batch.ingest_file(path, "user_activity", upload_id="reference")
+    assert summary.rows_accepted == 5000
+    window = {"start": T0.isoformat(), "end": (T0 + dt.timedelta(seconds=5000)).isoformat()}
+    for name in ("control", "shifted"):
+        await register(daemon, name, window)
+    await register(daemon, "no_reference", None)
+    await register(daemon, "idle", window)
+
+    await daemon.serving.predict_batch("control", NAMES, matrix(rows(2, 3000)))
+    await daemon.serving.predict_batch("shifted", NAMES, matrix(rows(3, 3000, {"spend_1h": 10.0})))
+    await daemon.serving.predict_batch("no_reference", NAMES, matrix(rows(4, 500)))
+    await daemon.prediction_log.flush()
+
+    results = {d.model: d for d in await daemon.monitoring.run_drift()}
+
+    def crossed(d: ModelDrift) -> set[str]:
+        return {v.feature for v in d.values if v.crossed and v.statistic in ("psi", "ks") and v.feature != PREDICTION}
+
+    assert (results["control"].detected, crossed(results["control"])) == (False, set())
+    assert (results["shifted"].detected, crossed(results["shifted"])) == (True, {"spend_1h"})
+    shifted = {(v.feature, v.statistic): v for v in results["shifted"].values}
+    assert shifted[("spend_1h", "psi")].value > 0.2 and shifted[("spend_1h", "ks")].value > 0.1
+    assert shifted[("spend_1h", "ks")].reference_n == 5000 and shifted[("spend_1h", "ks")].current_n == 3000
+    assert (PREDICTION, "psi") in shifted  # the scores are compared too
+    assert "no reference" in results["no_reference"].reason and not results["no_reference"].values
+    assert "not enough data" in results["idle"].reason
+
+    stored = await daemon.warehouse.read(
+        "SELECT model, count(*) AS n, bool_or(crossed) AS any_crossed FROM drift_results GROUP BY model ORDER BY model")
+    assert [(r["model"], r["any_crossed"]) for r in stored.to_pylist()] == [("control", False), ("shifted", True)]
+    latest = ModelDrift.from_json(await daemon.hot_store.get(DRIFT_KEY.format(model="shifted")) or b"{}")
+    assert latest.detected and latest.version == 1
+    metrics = daemon.metrics.render().decode()
+    assert 'mlplat_drift_detected{model="shifted"} 1.0' in metrics
+    assert 'mlplat_drift_detected{model="control"} 0.0' in metrics
+    assert 'mlplat_feature_drift{feature="spend_1h",model="shifted",statistic="psi"}' in metrics
+    assert 'mlplat_prediction_drift{model="shifted",statistic="ks"}' in metrics
+    assert "mlplat_drift_run_seconds_count 1.0" in metrics
+
+    target = f"127.0.0.1:{daemon.api.port}"
+    shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "-m", "shifted",
+                                                     "--json", "--target", target], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    [report] = json.loads(shown.stdout)
+    assert report["detected"] and any(v["feature"] == "spend_1h" and v["crossed"] for v in report["values"])
+    table = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "--run", "--target",
+                                                     target], capture_output=True, text=True)
+    assert table.returncode == 0 and "DRIFT" in table.stdout and "spend_1h" in table.stdout, table.stdout
+    unknown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "--run", "-m", "nope",
+                                                       "--target", target], capture_output=True, text=True)
+    assert unknown.returncode != 0 and "nope" in unknown.stderr
+
+
+async def test_a_training_window_is_checked_at_registration(daemon: Daemon) -> None:
+    from mlplat.serving.registry import RegistryError
+
+    for window, message in (({"start": "2026-01-02"}, "both start and end"),
+                            ({"start": "yesterday", "end": "2026-01-01"}, "training window"),
+                            ({"start": "2026-01-02", "end": "2026-01-01"}, "not before end")):
+        with pytest.raises(RegistryError, match=message):
+            await daemon.registry.register("m", logistic_bytes(), "sklearn", FEATURES, feature_set="user_activity",
+                                           training_window=window)
+    with pytest.raises(RegistryError, match="needs the feature set"):
+        await daemon.registry.register("m", logistic_bytes(), "sklearn", FEATURES,
+                                       training_window={"start": "2026-01-01", "end": "2026-01-02"})
