@@ -234,6 +234,12 @@ class MonitoringSettings(_Section):
     )
     detect_on: list[str] = Field(default_factory=lambda: ["psi", "ks"],
                                  description="statistics whose crossing counts as drift")
+    labels_feature_set: str | None = Field("user_labels", description="feature set whose events are ground truth")
+    label_feature: str = Field("label", description="the feature of those events that holds the label")
+    label_horizon_s: float = Field(86_400.0, gt=0, description="a label older than this never matches a prediction")
+    performance_tolerance: float = Field(
+        0.05, ge=0, description="performance this much worse than the registered metric counts as drift "
+                                "(absolute for accuracy/f1/auc, relative for mae/rmse)")
 
     @field_validator("detect_on")
     @classmethod

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian machine, then lint, type-check and run it.
-#   Debian: redis-server          npm: azurite (into ./.tools)          PyPI: mlplat[test] (into ./.venv)
+#   Debian: redis-server, prometheus          npm: azurite (into ./.tools)          PyPI: mlplat[test] (into ./.venv)
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || apt_packages+=(prometheus)
 if ((${#apt_packages[@]})); then
     step "apt-get install ${apt_packages[*]}"
     sudo=""

@@ -180,3 +180,28 @@ def azurite_connection_string(port: int) -> str:
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
     )
+
+
+def start_prometheus(workdir: Path, scrape_target: str) -> ServerProcess:
+    """Prometheus (Debian package `prometheus`) scraping one target every second."""
+    exe = shutil.which("prometheus") or missing("prometheus (apt-get install prometheus)")
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mlplat\n"
+                      f"    static_configs:\n      - targets: [\"{scrape_target}\"]\n")
+    server = ServerProcess(
+        "prometheus", [exe, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                       f"--web.listen-address=127.0.0.1:{port}"],
+        port, workdir, _prometheus_ready,
+    )
+    server.start()
+    return server
+
+
+def _prometheus_ready(server: ServerProcess) -> bool:
+    import urllib.request
+
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{server.port}/-/ready",
+                                                              timeout=1) as response:
+        return bool(response.status == 200)
+    return False

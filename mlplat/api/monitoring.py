@@ -16,7 +16,8 @@ def drift_message(d: ModelDrift) -> monitoring_pb2.ModelDrift:
         computed_at=d.computed_at, detected=d.detected, reason=d.reason,
         values=[monitoring_pb2.DriftValue(
             feature=v.feature, statistic=v.statistic, value=v.value, has_threshold=v.threshold is not None,
-            threshold=v.threshold or 0.0, crossed=v.crossed, reference_n=v.reference_n, current_n=v.current_n)
+            threshold=v.threshold or 0.0, crossed=v.crossed, reference_n=v.reference_n, current_n=v.current_n,
+            source=v.source)
             for v in d.values])
 
 

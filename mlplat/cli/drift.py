@@ -14,7 +14,7 @@ from mlplat.cli.client import JsonOption, TargetOption, channel
 def _as_dict(d: monitoring_pb2.ModelDrift) -> dict[str, Any]:
     return {"model": d.model, "version": d.version, "bucket_start": d.bucket_start, "bucket_end": d.bucket_end,
             "computed_at": d.computed_at, "detected": d.detected, "reason": d.reason or None,
-            "values": [{"feature": v.feature, "statistic": v.statistic, "value": v.value,
+            "values": [{"source": v.source, "feature": v.feature, "statistic": v.statistic, "value": v.value,
                         "threshold": v.threshold if v.has_threshold else None, "crossed": v.crossed,
                         "reference_n": v.reference_n, "current_n": v.current_n} for v in d.values]}
 
@@ -48,9 +48,10 @@ def drift_command(
         verdict = "[red]DRIFT[/red]" if d.detected else ("no verdict" if d.reason else "[green]ok[/green]")
         table = Table(title=f"{d.model} v{d.version}  bucket {d.bucket_start} .. {d.bucket_end}  {verdict}",
                       caption=d.reason or f"computed {d.computed_at}")
-        for column in ("feature", "statistic", "value", "threshold", "crossed", "current n"):
+        for column in ("source", "feature", "statistic", "value", "threshold", "crossed", "current n"):
             table.add_column(column, justify="right" if column in ("value", "threshold", "current n") else "left")
         for v in d.values:
-            table.add_row(v.feature, v.statistic, f"{v.value:.4g}", f"{v.threshold:g}" if v.has_threshold else "-",
+            threshold = f"{v.threshold:g}" if v.has_threshold else "-"
+            table.add_row(v.source, v.feature, v.statistic, f"{v.value:.4g}", threshold,
                           "[red]yes[/red]" if v.crossed else "no", str(v.current_n))
         console.print(table)

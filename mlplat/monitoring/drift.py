@@ -36,11 +36,14 @@ from mlplat.warehouse import ArrowWrite, Warehouse
 
 log = get_logger("monitoring")
 PREDICTION = "__prediction__"
+PERFORMANCE = "__performance__"
+HIGHER_IS_BETTER = ("accuracy", "f1", "auc")
 DRIFT_KEY = "mlplat:drift:{model}"
 _TS = pa.timestamp("us", tz="UTC")
 RESULT_SCHEMA = pa.schema([
     ("model", pa.string()), ("version", pa.int32()), ("bucket_start", _TS), ("bucket_end", _TS),
-    ("feature", pa.string()), ("statistic", pa.string()), ("value", pa.float64()), ("threshold", pa.float64()),
+    ("source", pa.string()), ("feature", pa.string()), ("statistic", pa.string()), ("value", pa.float64()),
+    ("threshold", pa.float64()),
     ("crossed", pa.bool_()), ("reference_n", pa.int64()), ("current_n", pa.int64()), ("computed_at", _TS),
 ])
 
@@ -54,6 +57,7 @@ class DriftValue:
     crossed: bool
     reference_n: int
     current_n: int
+    source: str = "predictions"  # predictions (inputs as served), ingest (the bucket's feature rows), labels
 
 
 @dataclass
@@ -88,6 +92,22 @@ def compare(reference: np.ndarray, current: np.ndarray, names: list[str], bins: 
         else:
             out.append((name, result.values(), result.reference_n, result.current_n))
     return out
+
+
+def performance(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, F1 and AUC when the labels are 0/1 (scores as probabilities, cut at 0.5), else MAE and RMSE.
+    Runs on a balancer worker."""
+    from sklearn import metrics
+
+    if np.isin(labels, (0.0, 1.0)).all():
+        predicted = (scores >= 0.5).astype(np.float64)
+        out = {"accuracy": float(metrics.accuracy_score(labels, predicted)),
+               "f1": float(metrics.f1_score(labels, predicted, zero_division=0.0))}
+        if len(np.unique(labels)) == 2:  # AUC needs both classes
+            out["auc"] = float(metrics.roc_auc_score(labels, scores))
+        return out
+    return {"mae": float(metrics.mean_absolute_error(labels, scores)),
+            "rmse": float(np.sqrt(metrics.mean_squared_error(labels, scores)))}
 
 
 def _score(predictor: Predictor, matrix: np.ndarray) -> np.ndarray:
@@ -161,7 +181,7 @@ class DriftMonitor:
         except _NoVerdict as e:
             drift.reason = str(e)
         else:
-            await self._judge(drift, mv, reference, current, scores)
+            await self._judge(drift, mv, reference, current, scores, start, start + width)
         await self._store(drift, start, start + width, now)
         log.info("drift_run", model=mv.model, version=mv.version, detected=drift.detected,
                  reason=drift.reason or None, crossed=[f"{v.feature}:{v.statistic}" for v in drift.values if v.crossed])
@@ -198,7 +218,7 @@ class DriftMonitor:
         return flat.reshape(table.num_rows, len(mv.features)), table["score"].to_numpy()
 
     async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: np.ndarray, current: np.ndarray,
-                     scores: np.ndarray) -> None:
+                     scores: np.ndarray, start: dt.datetime, end: dt.datetime) -> None:
         bins = self._settings.bins
         # numpy sorts and merges, mostly without the GIL: a thread, never a copy of the samples to a process
         cost = Cost(expected_ms=max(1.0, (len(reference) + len(current)) * len(mv.features) / 30_000),
@@ -210,23 +230,82 @@ class DriftMonitor:
                                                     cost=cost)
         [prediction] = await self._balancer.run(compare, reference_scores.reshape(-1, 1), scores.reshape(-1, 1),
                                                 [PREDICTION], bins, priority=Priority.MONITOR, cost=cost)
+        self._add(drift, [*per_feature, prediction], "predictions")
+        ingested = await self._ingested(mv, start, end)
+        if ingested is not None:
+            self._add(drift, await self._balancer.run(compare, reference, ingested, mv.feature_names, bins,
+                                                      priority=Priority.MONITOR, cost=cost), "ingest")
+        await self._performance(drift, mv, start, end)
+
+    def _add(self, drift: ModelDrift, results: list[tuple[str, dict[str, float] | str, int, int]],
+             source: str) -> None:
         thresholds, detect_on = self._settings.thresholds, set(self._settings.detect_on)
-        for feature, values, ref_n, cur_n in [*per_feature, prediction]:
+        for feature, values, ref_n, cur_n in results:
             if isinstance(values, str):
                 continue
             for statistic, value in values.items():
                 threshold = thresholds.get(statistic)
                 crossed = threshold is not None and value >= threshold
-                drift.values.append(DriftValue(feature, statistic, value, threshold, crossed, ref_n, cur_n))
+                drift.values.append(DriftValue(feature, statistic, value, threshold, crossed, ref_n, cur_n, source))
                 if crossed and statistic in detect_on and feature != PREDICTION:
                     drift.detected = True
+
+    async def _ingested(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> np.ndarray | None:
+        """The model's inputs as ingested in the bucket (by event time), when there are enough of them."""
+        assert mv.feature_set is not None
+        fs = self._features.get(mv.feature_set)
+        columns = ", ".join(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names)
+        table = await self._warehouse.read(
+            f'SELECT {columns} FROM "{fs.table}" WHERE event_time >= ? AND event_time < ? LIMIT ?',
+            [start, end, self._settings.reference_max_rows])
+        if table.num_rows < self._settings.min_rows:
+            return None
+        return np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
+                                for n in mv.feature_names])
+
+    async def _performance(self, drift: ModelDrift, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> None:
+        """The bucket's predictions joined to their labels (the entity's newest label at or before the
+        prediction, within label_horizon_s), scored, and compared with the metrics registered."""
+        labels_set = self._settings.labels_feature_set
+        if not labels_set or labels_set not in self._features.feature_sets:
+            return
+        fs = self._features.get(labels_set)
+        label = self._settings.label_feature
+        if label not in {f.name for f in fs.features}:
+            return
+        table = await self._warehouse.read(
+            f'SELECT p.score, l."{label}"::DOUBLE AS label FROM predictions p ASOF JOIN '
+            f'(SELECT entity_id, event_time, "{label}" FROM "{fs.table}" WHERE "{label}" IS NOT NULL) l '
+            "ON p.entity_id = l.entity_id AND p.predicted_at >= l.event_time "
+            "WHERE p.model = ? AND p.version = ? AND p.predicted_at >= ? AND p.predicted_at < ? "
+            "AND p.predicted_at - l.event_time <= to_seconds(?::DOUBLE)",
+            [mv.model, mv.version, start, end, self._settings.label_horizon_s])
+        if table.num_rows < self._settings.min_rows:
+            return
+        scores, labels = table["score"].to_numpy(), table["label"].to_numpy()
+        results = await self._balancer.run(performance, scores, labels, priority=Priority.MONITOR,
+                                           cost=Cost(expected_ms=1.0 + len(scores) / 50_000, releases_gil=True))
+        tolerance = self._settings.performance_tolerance
+        for metric, value in results.items():
+            registered = mv.metrics.get(metric)
+            bound: float | None = None
+            crossed = False
+            if registered is not None:
+                bound = registered - tolerance if metric in HIGHER_IS_BETTER else registered * (1 + tolerance)
+                crossed = value < bound if metric in HIGHER_IS_BETTER else value > bound
+            drift.values.append(DriftValue(PERFORMANCE, metric, value, bound, crossed, 0, len(scores), "labels"))
+            drift.detected = drift.detected or crossed
 
     async def _store(self, drift: ModelDrift, start: dt.datetime, end: dt.datetime, now: dt.datetime) -> None:
         model = drift.model
         for v in drift.values:
             if v.feature == PREDICTION:
                 self._metrics.prediction_drift.labels(model, v.statistic).set(v.value)
-            else:
+            elif v.feature == PERFORMANCE:
+                self._metrics.model_performance.labels(model, v.statistic).set(v.value)
+                if v.threshold is not None:
+                    self._metrics.model_performance.labels(model, f"{v.statistic}_bound").set(v.threshold)
+            elif v.source == "predictions":  # the inputs the model saw; ingest-side values are in the table
                 self._metrics.feature_drift.labels(model, v.feature, v.statistic).set(v.value)
         self._metrics.drift_detected.labels(model).set(1.0 if drift.detected else 0.0)
         try:
@@ -237,12 +316,13 @@ class DriftMonitor:
             n = len(drift.values)
             await self._warehouse.write(ArrowWrite("drift_results", pa.table({
                 "model": [model] * n, "version": [drift.version] * n, "bucket_start": [start] * n,
-                "bucket_end": [end] * n, "feature": [v.feature for v in drift.values],
+                "bucket_end": [end] * n, "source": [v.source for v in drift.values],
+                "feature": [v.feature for v in drift.values],
                 "statistic": [v.statistic for v in drift.values], "value": [v.value for v in drift.values],
                 "threshold": [v.threshold for v in drift.values], "crossed": [v.crossed for v in drift.values],
                 "reference_n": [v.reference_n for v in drift.values], "current_n": [v.current_n for v in drift.values],
                 "computed_at": [now] * n}, schema=RESULT_SCHEMA), mode="upsert",
-                key=("model", "version", "bucket_start", "feature", "statistic")))
+                key=("model", "version", "bucket_start", "source", "feature", "statistic")))
 
 
 class _NoVerdict(Exception):

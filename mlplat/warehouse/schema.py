@@ -125,15 +125,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             version       INTEGER NOT NULL,
             bucket_start  TIMESTAMPTZ NOT NULL,
             bucket_end    TIMESTAMPTZ NOT NULL,
-            feature       VARCHAR NOT NULL,    -- a model input, or __prediction__ for the scores
-            statistic     VARCHAR NOT NULL,    -- ks, ks_pvalue, psi, kl, js, wasserstein
+            source        VARCHAR NOT NULL,    -- predictions (inputs as served), ingest (feature rows), labels
+            feature       VARCHAR NOT NULL,    -- a model input, __prediction__ (scores), __performance__
+            statistic     VARCHAR NOT NULL,    -- ks, ks_pvalue, psi, kl, js, wasserstein; accuracy, f1, auc ...
             value         DOUBLE NOT NULL,
             threshold     DOUBLE,              -- null: reported, never judged
             crossed       BOOLEAN NOT NULL,
             reference_n   BIGINT NOT NULL,
             current_n     BIGINT NOT NULL,
             computed_at   TIMESTAMPTZ NOT NULL,
-            PRIMARY KEY (model, version, bucket_start, feature, statistic)
+            PRIMARY KEY (model, version, bucket_start, source, feature, statistic)
         );
         """,
     ),

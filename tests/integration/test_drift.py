@@ -121,3 +121,48 @@ async def test_a_training_window_is_checked_at_registration(daemon: Daemon) -> N
     with pytest.raises(RegistryError, match="needs the feature set"):
         await daemon.registry.register("m", logistic_bytes(), "sklearn", FEATURES,
                                        training_window={"start": "2026-01-01", "end": "2026-01-02"})
+
+
+async def test_labels_give_performance_and_ingested_rows_are_compared_too(daemon: Daemon, tmp_path: Path) -> None:
+    from sklearn import metrics
+
+    reference = rows(1, 3000)
+    (tmp_path / "reference.ndjson").write_text("\n".join(json.dumps(r) for r in reference))
+    await daemon.batch.ingest_file(tmp_path / "reference.ndjson", "user_activity", upload_id="reference")
+    window = {"start": T0.isoformat(), "end": (T0 + dt.timedelta(seconds=3000)).isoformat()}
+    mv = await daemon.registry.register("churn", logistic_bytes(), "sklearn", FEATURES, feature_set="user_activity",
+                                        training_window=window, metrics={"auc": 0.99, "accuracy": 0.5})
+    await daemon.registry.promote("churn", mv.version)
+    await daemon.serving.swap_to(mv)
+
+    now = dt.datetime.now(dt.UTC)
+    # this bucket's ingested activity, with spend shifted; and a label per entity from a second ago
+    recent = rows(8, 400, {"spend_1h": 10.0}, start=now - dt.timedelta(seconds=1))
+    (tmp_path / "recent.ndjson").write_text("\n".join(json.dumps(r) for r in recent))
+    await daemon.batch.ingest_file(tmp_path / "recent.ndjson", "user_activity", upload_id="recent")
+    rng = np.random.default_rng(9)
+    labels = {f"user_{i}": int(rng.integers(0, 2)) for i in range(150)}
+    (tmp_path / "labels.ndjson").write_text("\n".join(json.dumps({
+        "event_id": f"l{i}", "user_id": user, "event_time": (now - dt.timedelta(seconds=1)).isoformat(),
+        "label": label}) for i, (user, label) in enumerate(labels.items())))
+    await daemon.batch.ingest_file(tmp_path / "labels.ndjson", "user_labels", upload_id="labels")
+    scores, truth = [], []
+    for user, label in labels.items():
+        result = await daemon.serving.predict("churn", {}, entity_id=user)
+        scores.append(result.score)
+        truth.append(label)
+    await daemon.prediction_log.flush()
+
+    [drift] = await daemon.monitoring.run_drift(["churn"])
+    performance = {v.statistic: v for v in drift.values if v.source == "labels"}
+    assert performance["auc"].value == pytest.approx(metrics.roc_auc_score(truth, scores))
+    assert performance["accuracy"].value == pytest.approx(metrics.accuracy_score(truth, np.array(scores) >= 0.5))
+    assert performance["f1"].value == pytest.approx(metrics.f1_score(truth, np.array(scores) >= 0.5))
+    assert performance["auc"].threshold == pytest.approx(0.94) and performance["auc"].crossed  # random labels
+    assert performance["f1"].threshold is None and not performance["f1"].crossed  # no registered f1
+    assert drift.detected
+    ingest_crossed = {v.feature for v in drift.values if v.source == "ingest" and v.crossed and v.statistic == "psi"}
+    assert ingest_crossed == {"spend_1h"}
+    metrics_text = daemon.metrics.render().decode()
+    assert 'mlplat_model_performance{metric="auc",model="churn"}' in metrics_text
+    assert 'mlplat_model_performance{metric="auc_bound",model="churn"} 0.94' in metrics_text

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlplat/v1/monitoring.proto\x12\tmlplat.v1\"\x1e\n\x0c\x44riftRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\"\xa2\x01\n\nDriftValue\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x11\n\tstatistic\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x15\n\rhas_threshold\x18\x04 \x01(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x63rossed\x18\x06 \x01(\x08\x12\x13\n\x0breference_n\x18\x07 \x01(\x03\x12\x11\n\tcurrent_n\x18\x08 \x01(\x03\"\xb4\x01\n\nModelDrift\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x14\n\x0c\x62ucket_start\x18\x03 \x01(\t\x12\x12\n\nbucket_end\x18\x04 \x01(\t\x12\x13\n\x0b\x63omputed_at\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65tected\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12%\n\x06values\x18\x08 \x03(\x0b\x32\x15.mlplat.v1.DriftValue\"4\n\x0b\x44riftReport\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.mlplat.v1.ModelDrift2\x8d\x01\n\x11MonitoringService\x12;\n\x08RunDrift\x12\x17.mlplat.v1.DriftRequest\x1a\x16.mlplat.v1.DriftReport\x12;\n\x08GetDrift\x12\x17.mlplat.v1.DriftRequest\x1a\x16.mlplat.v1.DriftReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlplat/v1/monitoring.proto\x12\tmlplat.v1\"\x1e\n\x0c\x44riftRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\"\xb2\x01\n\nDriftValue\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x11\n\tstatistic\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x15\n\rhas_threshold\x18\x04 \x01(\x08\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x63rossed\x18\x06 \x01(\x08\x12\x13\n\x0breference_n\x18\x07 \x01(\x03\x12\x11\n\tcurrent_n\x18\x08 \x01(\x03\x12\x0e\n\x06source\x18\t \x01(\t\"\xb4\x01\n\nModelDrift\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x14\n\x0c\x62ucket_start\x18\x03 \x01(\t\x12\x12\n\nbucket_end\x18\x04 \x01(\t\x12\x13\n\x0b\x63omputed_at\x18\x05 \x01(\t\x12\x10\n\x08\x64\x65tected\x18\x06 \x01(\x08\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12%\n\x06values\x18\x08 \x03(\x0b\x32\x15.mlplat.v1.DriftValue\"4\n\x0b\x44riftReport\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.mlplat.v1.ModelDrift2\x8d\x01\n\x11MonitoringService\x12;\n\x08RunDrift\x12\x17.mlplat.v1.DriftRequest\x1a\x16.mlplat.v1.DriftReport\x12;\n\x08GetDrift\x12\x17.mlplat.v1.DriftRequest\x1a\x16.mlplat.v1.DriftReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIFTREQUEST']._serialized_start=41
   _globals['_DRIFTREQUEST']._serialized_end=71
   _globals['_DRIFTVALUE']._serialized_start=74
-  _globals['_DRIFTVALUE']._serialized_end=236
-  _globals['_MODELDRIFT']._serialized_start=239
-  _globals['_MODELDRIFT']._serialized_end=419
-  _globals['_DRIFTREPORT']._serialized_start=421
-  _globals['_DRIFTREPORT']._serialized_end=473
-  _globals['_MONITORINGSERVICE']._serialized_start=476
-  _globals['_MONITORINGSERVICE']._serialized_end=617
+  _globals['_DRIFTVALUE']._serialized_end=252
+  _globals['_MODELDRIFT']._serialized_start=255
+  _globals['_MODELDRIFT']._serialized_end=435
+  _globals['_DRIFTREPORT']._serialized_start=437
+  _globals['_DRIFTREPORT']._serialized_end=489
+  _globals['_MONITORINGSERVICE']._serialized_start=492
+  _globals['_MONITORINGSERVICE']._serialized_end=633
 # @@protoc_insertion_point(module_scope)

@@ -50,16 +50,19 @@ class DriftValue(_message.Message):
     CROSSED_FIELD_NUMBER: _builtins.int
     REFERENCE_N_FIELD_NUMBER: _builtins.int
     CURRENT_N_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
-    """a model input, or __prediction__ for the scores"""
+    """a model input, __prediction__ (the scores) or __performance__"""
     statistic: _builtins.str
-    """ks, ks_pvalue, psi, kl, js, wasserstein"""
+    """ks, ks_pvalue, psi, kl, js, wasserstein; accuracy, f1, auc, mae, rmse"""
     value: _builtins.float
     has_threshold: _builtins.bool
     threshold: _builtins.float
     crossed: _builtins.bool
     reference_n: _builtins.int
     current_n: _builtins.int
+    source: _builtins.str
+    """predictions (inputs as served), ingest (the bucket's feature rows), labels (performance)"""
     def __init__(
         self,
         *,
@@ -71,10 +74,11 @@ class DriftValue(_message.Message):
         crossed: _builtins.bool = ...,
         reference_n: _builtins.int = ...,
         current_n: _builtins.int = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crossed", b"crossed", "current_n", b"current_n", "feature", b"feature", "has_threshold", b"has_threshold", "reference_n", b"reference_n", "statistic", b"statistic", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crossed", b"crossed", "current_n", b"current_n", "feature", b"feature", "has_threshold", b"has_threshold", "reference_n", b"reference_n", "source", b"source", "statistic", b"statistic", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
