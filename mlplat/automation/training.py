@@ -1,0 +1,120 @@
+"""Fitting one model version: clean, split, fit, evaluate, serialise. Runs in a worker process (train class).
+
+Deterministic: the same rows, estimator, hyper-parameters and seed give the same split, the same fitted
+model and the same metrics (the seed is also the estimator's random_state unless the parameters set one).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from mlplat.errors import MlplatError
+
+Task = Literal["classification", "regression"]
+# estimator name -> (module, classifier class, regressor class); None: not for that task
+ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
+    "decision_tree": ("sklearn.tree", "DecisionTreeClassifier", "DecisionTreeRegressor"),
+    "random_forest": ("sklearn.ensemble", "RandomForestClassifier", "RandomForestRegressor"),
+    "gradient_boosting": ("sklearn.ensemble", "GradientBoostingClassifier", "GradientBoostingRegressor"),
+    "logistic_regression": ("sklearn.linear_model", "LogisticRegression", None),
+    "linear_regression": ("sklearn.linear_model", None, "LinearRegression"),
+}
+
+
+class TrainingError(MlplatError):
+    """Training cannot produce a version; the message says why (it is recorded, production is untouched)."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    artifact: bytes  # skops
+    metrics: dict[str, float]  # on the holdout
+    rows_train: int
+    rows_holdout: int
+    rows_dropped: int  # duplicates and rows with a null
+
+
+def task_of(labels: np.ndarray) -> Task:
+    """0/1 labels make a classifier; anything else a regressor."""
+    return "classification" if len(labels) and np.isin(labels, (0.0, 1.0)).all() else "regression"
+
+
+def build_estimator(estimator: str, task: Task, params: dict[str, Any], seed: int) -> Any:
+    if estimator not in ESTIMATORS:
+        raise TrainingError(f"unknown estimator {estimator!r} (expected {', '.join(ESTIMATORS)})")
+    module, classifier, regressor = ESTIMATORS[estimator]
+    name = classifier if task == "classification" else regressor
+    if name is None:
+        raise TrainingError(f"{estimator} does not do {task} (the labels are "
+                            f"{'0/1' if task == 'classification' else 'not 0/1'})")
+    cls = getattr(importlib.import_module(module), name)
+    chosen = dict(params)
+    if "random_state" in cls().get_params() and "random_state" not in chosen:
+        chosen["random_state"] = seed
+    try:
+        return cls(**chosen)
+    except TypeError as e:
+        raise TrainingError(f"{estimator}: {e}") from None
+
+
+def clean(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows with a null (NaN) anywhere, then exact duplicate rows, removed (first kept, order kept)."""
+    keep = ~np.isnan(x).any(axis=1) & ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    if len(x):
+        _, first = np.unique(np.column_stack([x, y]), axis=0, return_index=True)
+        order = np.sort(first)
+        dropped = int((~keep).sum()) + len(x) - len(order)
+        return x[order], y[order], dropped
+    return x, y, int((~keep).sum())
+
+
+def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of (train, holdout): a seeded permutation, holdout at least one row when n > 1."""
+    order = np.random.default_rng(seed).permutation(n)
+    size = min(max(round(n * holdout), 1), n - 1) if n > 1 else 0
+    return np.sort(order[size:]), np.sort(order[:size])
+
+
+def evaluate(model: Any, task: Task, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics
+
+    if not len(y):
+        return {}
+    if task == "classification":
+        proba = model.predict_proba(x)[:, 1] if len(getattr(model, "classes_", ())) == 2 else model.predict(x)
+        predicted = (np.asarray(proba) >= 0.5).astype(np.float64)
+        out = {"accuracy": float(metrics.accuracy_score(y, predicted)),
+               "f1": float(metrics.f1_score(y, predicted, zero_division=0.0))}
+        if len(np.unique(y)) == 2:
+            out["auc"] = float(metrics.roc_auc_score(y, proba))
+        return out
+    predicted = model.predict(x)
+    return {"mae": float(metrics.mean_absolute_error(y, predicted)),
+            "rmse": float(np.sqrt(metrics.mean_squared_error(y, predicted))),
+            "r2": float(metrics.r2_score(y, predicted)) if len(y) > 1 else 0.0}
+
+
+def fit_and_evaluate(estimator: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, *, holdout: float,
+                     seed: int, min_rows: int) -> FitResult:
+    """The whole job, in a worker process: raises TrainingError naming what is wrong."""
+    from mlplat.serving.flavours import save_sklearn
+
+    x, y, dropped = clean(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    if len(x) < min_rows:
+        raise TrainingError(f"not enough data: {len(x)} clean rows ({dropped} dropped as null or duplicate), "
+                            f"at least {min_rows} needed")
+    task = task_of(y)
+    model = build_estimator(estimator, task, params, seed)
+    train, held = split(len(x), holdout, seed)
+    if task == "classification" and len(np.unique(y[train])) < 2:
+        raise TrainingError("the training rows have one class only: nothing to learn")
+    try:
+        model.fit(x[train], y[train])
+    except (ValueError, TypeError) as e:  # scikit-learn's InvalidParameterError is a ValueError
+        raise TrainingError(f"{estimator}: {e}") from None
+    return FitResult(save_sklearn(model), evaluate(model, task, x[held], y[held]), len(train), len(held), dropped)
