@@ -149,9 +149,9 @@ def config_from_dict(data: dict[str, Any], origin: str = "models") -> StreamingC
     streams = data.get("streams", {})
     if not isinstance(streams, dict):
         raise ConfigError(f"{origin}: [streams] must be a table of models")
-    unknown = set(data) - {"streams", "actions"}
+    unknown = set(data) - {"streams", "actions", "models"}  # [models.*]: automation's specs (automation/specs.py)
     if unknown:
-        raise ConfigError(f"{origin}: unknown key {sorted(unknown)[0]!r} (expected streams, actions)")
+        raise ConfigError(f"{origin}: unknown key {sorted(unknown)[0]!r} (expected streams, actions, models)")
     try:
         return StreamingConfig(
             streams=tuple(StreamSpec(model=name, **(spec if isinstance(spec, dict) else {"_": spec}))

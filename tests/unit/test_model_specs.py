@@ -1,0 +1,40 @@
+"""Model specs in models.toml: read with defaults, refused with the model and key named."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mlplat.automation.specs import specs_from_dict
+from mlplat.errors import ConfigError
+from mlplat.streaming.definitions import config_from_dict
+
+CHURN = {"feature_set": "user_activity", "label": "user_labels.label", "estimator": "gradient_boosting",
+         "params": {"n_estimators": 50}}
+
+
+def test_a_spec_reads_with_defaults_beside_streams() -> None:
+    data = {"models": {"churn": CHURN}, "streams": {"churn": {"feature_set": "user_activity"}}}
+    [spec] = specs_from_dict(data).values()
+    assert (spec.name, spec.label_set, spec.label_feature, spec.holdout, spec.seed, spec.min_rows) == (
+        "churn", "user_labels", "label", 0.2, 0, 200)
+    assert spec.params == {"n_estimators": 50} and spec.features == () and spec.lookback_s is None
+    assert [s.model for s in config_from_dict(data).streams] == ["churn"]  # streaming ignores [models]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"estimator": "svm"}, "models.churn.estimator: unknown estimator 'svm'"),
+    ({"label": "label"}, "models.churn.label: 'label': expected <feature set>.<feature>"),
+    ({"holdout": 1.5}, "models.churn.holdout"),
+    ({"min_rows": 1}, "models.churn.min_rows"),
+    ({"colour": "red"}, "models.churn.colour"),
+])
+def test_a_bad_spec_names_the_model_and_the_key(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        specs_from_dict({"models": {"churn": {**CHURN, **change}}})
+
+
+def test_a_spec_without_its_required_keys_says_which() -> None:
+    with pytest.raises(ConfigError, match=re.escape("models.churn.label: Field required")):
+        specs_from_dict({"models": {"churn": {"feature_set": "a", "estimator": "decision_tree"}}})
