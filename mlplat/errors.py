@@ -14,6 +14,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class MlplatError(Exception):
     """Base of every error mlplat raises on purpose."""
@@ -53,3 +58,15 @@ class IncompatibleChange(MlplatError):
 
 class Overloaded(MlplatError):
     """A bounded queue is full: the caller should back off and retry."""
+
+
+def describe_invalid(error: ValidationError, prefix: str = "") -> str:
+    """A pydantic error on one line: `<prefix><key>: <message> (got <value>)` per problem, joined by `; `.
+
+    For definitions files (features, models); settings have their own, which also masks secrets."""
+    parts = []
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        got = f" (got {e['input']!r})" if e["type"] not in ("value_error", "missing") else ""
+        parts.append(f"{prefix}{key}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(parts)

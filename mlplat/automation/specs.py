@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mlplat.automation.training import ESTIMATORS
-from mlplat.errors import ConfigError
+from mlplat.errors import ConfigError, describe_invalid
 
 
 class ModelSpec(BaseModel):
@@ -73,8 +73,5 @@ def specs_from_dict(data: dict[str, Any], origin: str = "models") -> dict[str, M
         try:
             specs[name] = ModelSpec(name=name, **body)
         except ValidationError as e:
-            first = e.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            message = first["msg"].removeprefix("Value error, ")
-            raise ConfigError(f"{origin}: models.{name}.{key}: {message}") from None
+            raise ConfigError(f"{origin}: {describe_invalid(e, prefix=f'models.{name}.')}") from None
     return specs

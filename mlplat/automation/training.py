@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from mlplat.errors import MlplatError
+from mlplat.monitoring.performance import Task, performance, task_of
 
-Task = Literal["classification", "regression"]
 # estimator name -> (module, classifier class, regressor class); None: not for that task
 ESTIMATORS: dict[str, tuple[str, str | None, str | None]] = {
     "decision_tree": ("sklearn.tree", "DecisionTreeClassifier", "DecisionTreeRegressor"),
@@ -36,11 +36,6 @@ class FitResult:
     rows_train: int
     rows_holdout: int
     rows_dropped: int  # duplicates and rows with a null
-
-
-def task_of(labels: np.ndarray) -> Task:
-    """0/1 labels make a classifier; anything else a regressor."""
-    return "classification" if len(labels) and np.isin(labels, (0.0, 1.0)).all() else "regression"
 
 
 def build_estimator(estimator: str, task: Task, params: dict[str, Any], seed: int) -> Any:
@@ -81,22 +76,12 @@ def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(model: Any, task: Task, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    from sklearn import metrics
-
+    """Holdout metrics, defined as drift runs define them (positive-class probability for a classifier)."""
     if not len(y):
         return {}
-    if task == "classification":
-        proba = model.predict_proba(x)[:, 1] if len(getattr(model, "classes_", ())) == 2 else model.predict(x)
-        predicted = (np.asarray(proba) >= 0.5).astype(np.float64)
-        out = {"accuracy": float(metrics.accuracy_score(y, predicted)),
-               "f1": float(metrics.f1_score(y, predicted, zero_division=0.0))}
-        if len(np.unique(y)) == 2:
-            out["auc"] = float(metrics.roc_auc_score(y, proba))
-        return out
-    predicted = model.predict(x)
-    return {"mae": float(metrics.mean_absolute_error(y, predicted)),
-            "rmse": float(np.sqrt(metrics.mean_squared_error(y, predicted))),
-            "r2": float(metrics.r2_score(y, predicted)) if len(y) > 1 else 0.0}
+    binary = task == "classification" and len(getattr(model, "classes_", ())) == 2
+    scores = model.predict_proba(x)[:, 1] if binary else model.predict(x)
+    return performance(np.asarray(scores, dtype=np.float64), y)
 
 
 def fit_and_evaluate(estimator: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, *, holdout: float,

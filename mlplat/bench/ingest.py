@@ -71,7 +71,7 @@ def _floor_rate(db: Path, setup: str | None, sql: str, path: Path, rows: int) ->
         con.close()
 
 
-async def _raw_consume_rate(bus: EventBus, topic: str, n: int) -> float:
+async def raw_consume_rate(bus: EventBus, topic: str, n: int) -> float:
     consumer = bus.consumer([topic], group=f"floor-{uuid.uuid4().hex[:8]}")
     await consumer.start()
     try:
@@ -107,7 +107,7 @@ async def _stream(bus_url: str, events: int, workdir: Path, progress: Callable[[
         for start in range(0, events, 50_000):
             await bus.publish_many(topic, generate_payloads(spec, min(50_000, events - start), start))
         progress("floor: raw consume of the same events")
-        floor = await _raw_consume_rate(bus, topic, events)
+        floor = await raw_consume_rate(bus, topic, events)
         progress("ours: consume, validate, write warehouse and hot store, commit")
         ingest = StreamIngest(settings, bus, hot, warehouse, registry, balancer, metrics)
         ingest._topics = {topic: fs}

@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc, models_pb2, models_pb2_grpc
-from mlplat.bench import BenchResult
+from mlplat.bench import BenchResult, run_async
 from mlplat.features.definitions import catalog_from_dict
 from mlplat.ingest.generator import GeneratorSpec, write_file
 from mlplat.serving.flavours import load_model, save_sklearn
@@ -193,15 +193,6 @@ def _floor_rate(data: bytes, matrix: np.ndarray, repeat: int) -> float:
     return len(matrix) * repeat / (time.perf_counter() - started)
 
 
-def _run_async(coro: Any) -> Any:
-    """The clients run on uvloop when it is installed, as the daemon does."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) -> BenchResult:
     metrics: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-serve-") as tmp:
@@ -214,19 +205,19 @@ def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) 
             _prepare(target, workdir, models)
             matrix = np.random.default_rng(2).random((1000, N_FEATURES)) * 100
             progress("floor for unary calls: the no-op health Check from 32 clients")
-            metrics["grpc_noop_rps_c32"] = round(_run_async(_noop_rate(target, 32, seconds)), 1)
+            metrics["grpc_noop_rps_c32"] = round(run_async(_noop_rate(target, 32, seconds)), 1)
             for name, prefix in (("gbm", ""), ("tree", "tree_")):
                 progress(f"{name}: 1 client")
-                latencies, rps = _run_async(_clients(target, name, 1, seconds))
+                latencies, rps = run_async(_clients(target, name, 1, seconds))
                 metrics[f"{prefix}p50_ms_c1"] = round(float(np.percentile(latencies, 50)), 3)
                 metrics[f"{prefix}p99_ms_c1"] = round(float(np.percentile(latencies, 99)), 3)
                 metrics[f"{prefix}rps_c1"] = round(rps, 1)
                 for clients in (8, 32):
                     progress(f"{name}: {clients} clients")
-                    metrics[f"{prefix}rps_c{clients}"] = round(_run_async(_clients(target, name, clients,
+                    metrics[f"{prefix}rps_c{clients}"] = round(run_async(_clients(target, name, clients,
                                                                                     seconds))[1], 1)
                 progress(f"{name}: 32 clients, each on its own PredictStream")
-                metrics[f"{prefix}stream_rps_c32"] = round(_run_async(_stream_clients(target, name, 32, seconds)), 1)
+                metrics[f"{prefix}stream_rps_c32"] = round(run_async(_stream_clients(target, name, 32, seconds)), 1)
                 progress(f"{name}: PredictBatch of 1,000 rows, and the in-process floor")
                 ours = _batch_rate(target, name, matrix, 50)
                 floor = _floor_rate(models[name], matrix, 50)

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from mlplat.bench import BenchResult
-from mlplat.bench.ingest import _raw_consume_rate
+from mlplat.bench import BenchResult, run_async
+from mlplat.bench.ingest import raw_consume_rate
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
 from mlplat.ingest.validation import validate_events
@@ -110,7 +110,7 @@ async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: 
         for start in range(0, events, 20_000):
             await daemon.bus.publish_many(topic, _events(min(20_000, events - start), start))
         progress("floors: a raw consume of the same events; their validation and the model call in-process")
-        raw = await _raw_consume_rate(daemon.bus, topic, events)
+        raw = await raw_consume_rate(daemon.bus, topic, events)
         floor = await asyncio.to_thread(_in_process_rate, daemon, name, events)
         published = daemon.metrics.stream_predictions.labels("tree")
         progress("ours: promote a decision tree; every event predicted and published")
@@ -169,10 +169,8 @@ async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: 
 
 def run(events: int, rate: float, seconds: float, bus_url: str,
         progress: Callable[[str], None] = lambda _: None) -> BenchResult:
-    from mlplat.bench.serve import _run_async
-
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-stream-") as tmp:
-        metrics: dict[str, Any] = _run_async(_run(events, rate, seconds, bus_url, Path(tmp), progress))
+        metrics: dict[str, Any] = run_async(_run(events, rate, seconds, bus_url, Path(tmp), progress))
     return BenchResult("stream", {"events": events, "rate": rate, "seconds": seconds, "bus": bus_url,
                                   "model": "decision tree, 4 features",
                                   "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, metrics)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from mlplat.errors import ConfigError, IncompatibleChange
+from mlplat.errors import ConfigError, IncompatibleChange, describe_invalid
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 FeatureType = Literal["float", "int", "bool", "string", "timestamp"]
@@ -153,11 +153,7 @@ def catalog_from_dict(data: dict[str, Any], origin: str = "features") -> Feature
     try:
         return FeatureCatalog.model_validate(shaped)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            parts.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"{origin}: " + "; ".join(parts)) from None
+        raise ConfigError(f"{origin}: {describe_invalid(e)}") from None
 
 
 def load_catalog(path: Path) -> FeatureCatalog:

@@ -2,8 +2,9 @@
 
 The reference is the training data of the production version: the rows of its feature set inside the
 `training_window` recorded at registration (at most `monitoring.reference_max_rows`, newest first), and the
-model's own scores on them. The current sample is the bucket of the prediction log (`monitoring.bucket_s`
-wide) that holds the run's time: the inputs as the model received them and its scores. Reads use reader
+model's own scores on them, read and scored once per served version. The current sample is the bucket
+of the prediction log (`monitoring.bucket_s` wide) that holds the run's time: the inputs as the model
+received them and its scores; also the rows ingested in that bucket, and labels. Reads use reader
 cursors; the statistics run on the balancer in the monitor class, so a run never holds up ingest or
 serving. Results go to `drift_results` (history), the hot store (`mlplat:drift:<model>`, the latest run,
 which automation scans) and the `mlplat_*drift*` gauges.
@@ -26,6 +27,7 @@ from mlplat.compute.jobs import Cost, Priority
 from mlplat.config import MonitoringSettings
 from mlplat.errors import MlplatError, NotFound
 from mlplat.features.registry import FeatureRegistry
+from mlplat.monitoring.performance import performance
 from mlplat.monitoring.statistics import NotEnoughData, numeric_drift
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
@@ -94,24 +96,13 @@ def compare(reference: np.ndarray, current: np.ndarray, names: list[str], bins: 
     return out
 
 
-def performance(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy, F1 and AUC when the labels are 0/1 (scores as probabilities, cut at 0.5), else MAE and RMSE.
-    Runs on a balancer worker."""
-    from sklearn import metrics
-
-    if np.isin(labels, (0.0, 1.0)).all():
-        predicted = (scores >= 0.5).astype(np.float64)
-        out = {"accuracy": float(metrics.accuracy_score(labels, predicted)),
-               "f1": float(metrics.f1_score(labels, predicted, zero_division=0.0))}
-        if len(np.unique(labels)) == 2:  # AUC needs both classes
-            out["auc"] = float(metrics.roc_auc_score(labels, scores))
-        return out
-    return {"mae": float(metrics.mean_absolute_error(labels, scores)),
-            "rmse": float(np.sqrt(metrics.mean_squared_error(labels, scores)))}
-
-
 def _score(predictor: Predictor, matrix: np.ndarray) -> np.ndarray:
     return predictor.predict(matrix)
+
+
+def _cost(rows: int, columns: int) -> Cost:
+    """numpy sorts and merges, mostly without the GIL: a thread, never a copy of the samples to a process."""
+    return Cost(expected_ms=max(1.0, rows * columns / 30_000), releases_gil=True)
 
 
 class DriftMonitor:
@@ -131,6 +122,9 @@ class DriftMonitor:
         self._balancer = balancer
         self._metrics = metrics
         self._lock = asyncio.Lock()  # one run at a time; a second request waits for it
+        # per served (model, version): its training rows and its scores on them. The window is in the past,
+        # so they are read and scored once, not on every run; versions no longer served are dropped.
+        self._references: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
     async def start(self) -> None:
         return None
@@ -164,6 +158,8 @@ class DriftMonitor:
             if unknown:
                 raise NotFound(f"model {unknown[0]!r} has no production version served here "
                                f"({', '.join(sorted(served)) or 'none'})")
+            served_keys = {(mv.model, mv.version) for mv in served.values()}
+            self._references = {k: v for k, v in self._references.items() if k in served_keys}
             results = []
             for name in names:
                 results.append(await self._one(served[name], now))
@@ -176,18 +172,21 @@ class DriftMonitor:
                                           dt.UTC)
         drift = ModelDrift(mv.model, mv.version, start.isoformat(), (start + width).isoformat(), now.isoformat())
         try:
-            reference = await self._reference(mv)
+            reference, reference_scores = await self._reference(mv)
             current, scores = await self._current(mv, start, start + width)
         except _NoVerdict as e:
             drift.reason = str(e)
         else:
-            await self._judge(drift, mv, reference, current, scores, start, start + width)
+            await self._judge(drift, mv, reference, reference_scores, current, scores, start, start + width)
         await self._store(drift, start, start + width, now)
         log.info("drift_run", model=mv.model, version=mv.version, detected=drift.detected,
                  reason=drift.reason or None, crossed=[f"{v.feature}:{v.statistic}" for v in drift.values if v.crossed])
         return drift
 
-    async def _reference(self, mv: ModelVersion) -> np.ndarray:
+    async def _reference(self, mv: ModelVersion) -> tuple[np.ndarray, np.ndarray]:
+        key = (mv.model, mv.version)
+        if key in self._references:
+            return self._references[key]
         window = mv.training_window
         if not mv.feature_set or not window.get("start") or not window.get("end"):
             raise _NoVerdict(f"{mv.model} v{mv.version} has no reference: register it with a feature set and a "
@@ -197,12 +196,25 @@ class DriftMonitor:
         missing = [n for n in mv.feature_names if n not in known]
         if missing:
             raise _NoVerdict(f"input {missing[0]!r} of {mv.model} is not in feature set {fs.name!r}")
-        columns = ", ".join(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names)
-        table = await self._warehouse.read(
-            f'SELECT {columns} FROM "{fs.table}" WHERE event_time >= ?::TIMESTAMPTZ AND event_time < ?::TIMESTAMPTZ '
-            "ORDER BY event_time DESC LIMIT ?", [window["start"], window["end"], self._settings.reference_max_rows])
-        if not table.num_rows:
+        matrix = await self._inputs(mv, "event_time >= ?::TIMESTAMPTZ AND event_time < ?::TIMESTAMPTZ "
+                                        "ORDER BY event_time DESC", [window["start"], window["end"]])
+        if not len(matrix):
             raise _NoVerdict(f"no rows of {fs.name!r} in the training window {window['start']} .. {window['end']}")
+        predictor = (await self._serving.version_for(mv.model, mv.version)).predictor
+        scores = await self._balancer.run(_score, predictor, matrix, priority=Priority.MONITOR,
+                                          cost=_cost(len(matrix), len(mv.features)))
+        self._references[key] = (matrix, scores)
+        return matrix, scores
+
+    async def _inputs(self, mv: ModelVersion, where: str, params: list[object]) -> np.ndarray:
+        """The model's inputs from its feature set's rows matching `where`, as a float matrix."""
+        assert mv.feature_set is not None
+        fs = self._features.get(mv.feature_set)
+        columns = ", ".join(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names)
+        table = await self._warehouse.read(f'SELECT {columns} FROM "{fs.table}" WHERE {where} LIMIT ?',
+                                           [*params, self._settings.reference_max_rows])
+        if not table.num_rows:
+            return np.empty((0, len(mv.features)))
         return np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
                                 for n in mv.feature_names])
 
@@ -217,17 +229,12 @@ class DriftMonitor:
         flat = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(table.num_rows, len(mv.features)), table["score"].to_numpy()
 
-    async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: np.ndarray, current: np.ndarray,
-                     scores: np.ndarray, start: dt.datetime, end: dt.datetime) -> None:
+    async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: np.ndarray, reference_scores: np.ndarray,
+                     current: np.ndarray, scores: np.ndarray, start: dt.datetime, end: dt.datetime) -> None:
         bins = self._settings.bins
-        # numpy sorts and merges, mostly without the GIL: a thread, never a copy of the samples to a process
-        cost = Cost(expected_ms=max(1.0, (len(reference) + len(current)) * len(mv.features) / 30_000),
-                    releases_gil=True)
+        cost = _cost(len(reference) + len(current), len(mv.features))
         per_feature = await self._balancer.run(compare, reference, current, mv.feature_names, bins,
                                                priority=Priority.MONITOR, cost=cost)
-        predictor = (await self._serving.version_for(mv.model, mv.version)).predictor
-        reference_scores = await self._balancer.run(_score, predictor, reference, priority=Priority.MONITOR,
-                                                    cost=cost)
         [prediction] = await self._balancer.run(compare, reference_scores.reshape(-1, 1), scores.reshape(-1, 1),
                                                 [PREDICTION], bins, priority=Priority.MONITOR, cost=cost)
         self._add(drift, [*per_feature, prediction], "predictions")
@@ -252,16 +259,8 @@ class DriftMonitor:
 
     async def _ingested(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> np.ndarray | None:
         """The model's inputs as ingested in the bucket (by event time), when there are enough of them."""
-        assert mv.feature_set is not None
-        fs = self._features.get(mv.feature_set)
-        columns = ", ".join(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names)
-        table = await self._warehouse.read(
-            f'SELECT {columns} FROM "{fs.table}" WHERE event_time >= ? AND event_time < ? LIMIT ?',
-            [start, end, self._settings.reference_max_rows])
-        if table.num_rows < self._settings.min_rows:
-            return None
-        return np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
-                                for n in mv.feature_names])
+        matrix = await self._inputs(mv, "event_time >= ? AND event_time < ?", [start, end])
+        return matrix if len(matrix) >= self._settings.min_rows else None
 
     async def _performance(self, drift: ModelDrift, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> None:
         """The bucket's predictions joined to their labels (the entity's newest label at or before the

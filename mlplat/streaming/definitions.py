@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlplat.errors import ConfigError
+from mlplat.errors import ConfigError, describe_invalid
 
 AGGREGATES = ("count", "sum", "mean", "min", "max", "last")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -158,8 +158,10 @@ def config_from_dict(data: dict[str, Any], origin: str = "models") -> StreamingC
                           for name, spec in streams.items()),
             actions=tuple(data.get("actions", ())),
         )
-    except (ValidationError, TypeError) as e:
-        raise ConfigError(f"{origin}: {_one_line(e)}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: {describe_invalid(e)}") from None
+    except TypeError as e:  # a stream that is not a table
+        raise ConfigError(f"{origin}: {e}") from None
 
 
 def load_streaming_config(path: Path) -> StreamingConfig:
@@ -171,13 +173,3 @@ def load_streaming_config(path: Path) -> StreamingConfig:
         raise ConfigError(f"{str(path)!r} is not valid TOML: {e}") from None
     return config_from_dict(data, str(path))
 
-
-def _one_line(error: ValidationError | TypeError) -> str:
-    if isinstance(error, TypeError):
-        return str(error)
-    parts = []
-    for e in error.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        parts.append(f"{key}: {e['msg'].removeprefix('Value error, ')}" + (
-            f" (got {e['input']!r})" if e["type"] not in ("value_error", "missing") else ""))
-    return "; ".join(parts)

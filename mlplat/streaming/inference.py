@@ -32,8 +32,8 @@ from mlplat.errors import ConfigError, MlplatError, NotFound
 from mlplat.features.definitions import FeatureSet
 from mlplat.features.online import read_online
 from mlplat.features.registry import FeatureRegistry
-from mlplat.ingest.sink import DEAD_LETTER_SCHEMA
-from mlplat.ingest.validation import validate_events
+from mlplat.ingest.sink import dead_letter_table
+from mlplat.ingest.validation import DeadLetter, validate_events
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
 from mlplat.serving.prediction_log import PredictionLog
@@ -138,8 +138,10 @@ class ModelStream:
                 if batch:
                     await self.process(batch)
                 elif self._windows is not None and len(self._windows):  # caught up: the wall clock moves on
-                    await self._emit_windows(self._windows.close_idle(int(time.time() * 1e6)))
-                    await self._commit_windows()
+                    closed = self._windows.close_idle(int(time.time() * 1e6))
+                    if closed:  # nothing closed, nothing new to commit (this runs every idle poll)
+                        await self._emit_windows(closed)
+                        await self._commit_windows()
             except (MlplatError, OSError) as e:
                 # nothing after the last commit counts: rewind and take the same events again
                 waiting = isinstance(e, NotFound)  # no production version yet: look again soon, say so once
@@ -262,21 +264,16 @@ class ModelStream:
                                source_keys: list[str]) -> None:
         """Rows the model cannot take: a dead letter each, naming the first missing input."""
         self._metrics.stream_skipped.labels(self.spec.model, "missing_feature").inc(len(rows))
-        now = dt.datetime.now(dt.UTC)
-        reasons = []
+        letters = []
         for i in rows.tolist():
             missing = mv.feature_names[int(np.flatnonzero(np.isnan(matrix[i]))[0])]
-            reasons.append(f"missing_feature: {mv.model} v{mv.version} needs {missing!r}; neither the "
-                           f"{'window' if self._windows is not None else 'event'} nor the online features of "
-                           f"{entities[i]!r} have it")
-        table = pa.table({
-            "source_key": [source_keys[i] for i in rows.tolist()], "received_at": [now] * len(rows),
-            "source": [f"stream:{self.spec.model}"] * len(rows), "feature_set": [self.spec.feature_set] * len(rows),
-            "event_id": [None] * len(rows), "reason_code": ["missing_feature"] * len(rows), "reason": reasons,
-            "payload": [entities[i].encode() for i in rows.tolist()],
-        }, schema=DEAD_LETTER_SCHEMA)
+            reason = (f"missing_feature: {mv.model} v{mv.version} needs {missing!r}; neither the "
+                      f"{'window' if self._windows is not None else 'event'} nor the online features of "
+                      f"{entities[i]!r} have it")
+            letters.append((source_keys[i], DeadLetter(i, entities[i].encode(), reason)))
+        table = dead_letter_table(letters, f"stream:{self.spec.model}", self.spec.feature_set, dt.datetime.now(dt.UTC))
         await self._warehouse.write(ArrowWrite("dead_letters", table, mode="insert_ignore", key=("source_key",)))
-        log.warning("stream_rows_skipped", model=self.spec.model, rows=len(rows), first=reasons[0])
+        log.warning("stream_rows_skipped", model=self.spec.model, rows=len(rows), first=letters[0][1].reason)
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray:

@@ -70,6 +70,10 @@ async def test_a_shift_is_detected_on_exactly_the_shifted_feature(daemon: Daemon
     await daemon.prediction_log.flush()
 
     results = {d.model: d for d in await daemon.monitoring.run_drift()}
+    again = {d.model: d for d in await daemon.monitoring.run_drift()}  # the references come from memory now
+    assert [(v.feature, v.statistic, v.value) for v in again["shifted"].values] == \
+        [(v.feature, v.statistic, v.value) for v in results["shifted"].values]
+    assert set(daemon.monitoring._references) == {("control", 1), ("shifted", 1), ("idle", 1)}
 
     def crossed(d: ModelDrift) -> set[str]:
         return {v.feature for v in d.values if v.crossed and v.statistic in ("psi", "ks") and v.feature != PREDICTION}
@@ -93,7 +97,7 @@ async def test_a_shift_is_detected_on_exactly_the_shifted_feature(daemon: Daemon
     assert 'mlplat_drift_detected{model="control"} 0.0' in metrics
     assert 'mlplat_feature_drift{feature="spend_1h",model="shifted",statistic="psi"}' in metrics
     assert 'mlplat_prediction_drift{model="shifted",statistic="ks"}' in metrics
-    assert "mlplat_drift_run_seconds_count 1.0" in metrics
+    assert "mlplat_drift_run_seconds_count 2.0" in metrics
 
     target = f"127.0.0.1:{daemon.api.port}"
     shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "-m", "shifted",
@@ -104,6 +108,9 @@ async def test_a_shift_is_detected_on_exactly_the_shifted_feature(daemon: Daemon
     table = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "--run", "--target",
                                                      target], capture_output=True, text=True)
     assert table.returncode == 0 and "DRIFT" in table.stdout and "spend_1h" in table.stdout, table.stdout
+    await register(daemon, "idle", window)  # v2 replaces v1: v1's reference is dropped at the next run
+    await daemon.monitoring.run_drift(["idle"])
+    assert ("idle", 1) not in daemon.monitoring._references and ("idle", 2) in daemon.monitoring._references
     unknown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "--run", "-m", "nope",
                                                        "--target", target], capture_output=True, text=True)
     assert unknown.returncode != 0 and "nope" in unknown.stderr

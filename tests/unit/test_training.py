@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlplat.automation.training import ESTIMATORS, TrainingError, clean, fit_and_evaluate, split, task_of
+from mlplat.automation.training import ESTIMATORS, TrainingError, clean, fit_and_evaluate, split
+from mlplat.monitoring.performance import task_of
 from mlplat.serving.flavours import load_model
 
 

@@ -58,6 +58,8 @@ CONSUMER_START_TIMEOUT_S = 30.0
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 """A member silent this long is dropped from its group (Kafka brokers accept 6,000 to 1,800,000)."""
 END_OFFSET_READ_S = 2.0
+# a fetch the broker holds open returns at the latest after this (see _consumer_options)
+FETCH_MAX_WAIT_MS = 50
 
 
 def bootstrap_servers(url: str) -> str:
@@ -356,9 +358,6 @@ class KafkaBus:
             # few more fetch requests per second while idle
             "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
         }
-
-
-FETCH_MAX_WAIT_MS = 50
 
 
 class _KeepPaused(ConsumerRebalanceListener):  # type: ignore[misc]
