@@ -237,6 +237,8 @@ class MonitoringSettings(_Section):
     labels_feature_set: str | None = Field("user_labels", description="feature set whose events are ground truth")
     label_feature: str = Field("label", description="the feature of those events that holds the label")
     label_horizon_s: float = Field(86_400.0, gt=0, description="a label older than this never matches a prediction")
+    label_delay_s: float = Field(0.0, ge=0, description="labels arrive this long after the moment they describe: "
+                                                       "predictions newer than this are not judged yet")
     performance_tolerance: float = Field(
         0.05, ge=0, description="performance this much worse than the registered metric counts as drift "
                                 "(absolute for accuracy/f1/auc, relative for mae/rmse)")
@@ -251,10 +253,26 @@ class MonitoringSettings(_Section):
         return v
 
 
+class AutomationSettings(_Section):
+    """Service D: scheduled drift checks, retraining, promotion and lifecycle for the models declared in
+    `streaming.models_file` (`[models.<name>]`) or over gRPC. Per-model policies live with the specs."""
+
+    enabled: bool = Field(True, description="run the scheduler (bootstrap, drift checks, retraining schedules)")
+    tick_s: float = Field(1.0, gt=0, description="how often the scheduler looks at what is due")
+    keep_versions: int = Field(5, ge=1, description="newest versions kept per model, besides production and "
+                                                    "the rollback target; older ones lose their artifacts")
+    max_training_rows: int = Field(1_000_000, ge=10, description="labelled rows one training reads at most "
+                                                                 "(newest first)")
+    data_wait_s: float = Field(3600.0, gt=0, description="how long a drift-triggered retraining waits for "
+                                                         "min_rows labelled rows that arrived after the drift")
+    jobs_kept: int = Field(200, ge=1, description="finished training jobs a client can still re-attach to")
+
+
 class DemoSettings(_Section):
     """`mlplat run --demo`: generated traffic so every part of the platform has something to do."""
 
     enabled: bool = Field(False, description="publish generated events (and their labels) to the bus")
+    fast: bool = Field(False, description="the compressed demo loop (`mlplat run --demo --fast`): its models file")
     feature_set: str = Field("user_activity", description="feature set the generated events are for")
     labels: str | None = Field("user_labels", description="feature set receiving ground truth; none: no labels")
     rate: float = Field(50.0, gt=0, le=100_000, description="events per second")
@@ -262,6 +280,9 @@ class DemoSettings(_Section):
     entities: int = Field(200, ge=1, description="distinct entities the events are about")
     bad_fraction: float = Field(0.01, ge=0, le=1, description="share of invalid events (they become dead letters)")
     seed: int = Field(0, description="the same seed gives the same events")
+    shift_after_s: float | None = Field(60.0, gt=0, description="when the generator shifts (drift); none: never")
+    shift: dict[str, float] = Field(default_factory=lambda: {"session_minutes": 300.0},
+                                    description="numeric features moved by the shift, and by how much")
 
 
 class LoggingSettings(_Section):
@@ -288,6 +309,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     actions: ActionSettings = ActionSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    automation: AutomationSettings = AutomationSettings()
     demo: DemoSettings = DemoSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -17,6 +17,7 @@ from mlplat.api.ingest import IngestServicer
 from mlplat.api.models import ModelServicer, PredictionServicer
 from mlplat.api.monitoring import MonitoringServicer
 from mlplat.api.server import ApiServer
+from mlplat.api.training import TrainingServicer
 from mlplat.api.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -28,7 +29,11 @@ from mlplat.api.v1 import (
     models_pb2_grpc,
     monitoring_pb2,
     monitoring_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
 )
+from mlplat.automation.service import Automation
+from mlplat.automation.specs import ModelSpec, load_specs
 from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
 from mlplat.backends.bus import EventBus, open_bus
 from mlplat.backends.hotstore import HotStore, open_hot_store
@@ -36,7 +41,7 @@ from mlplat.backends.monitor import BackendMonitor
 from mlplat.backends.urls import redact_url
 from mlplat.compute.balancer import Balancer, BalancerService
 from mlplat.config import Settings
-from mlplat.demo import DEMO_FEATURES
+from mlplat.demo import DEMO_FEATURES, demo_models_file
 from mlplat.demo.traffic import DemoTraffic
 from mlplat.errors import BackendUnavailable
 from mlplat.features.definitions import load_catalog
@@ -111,8 +116,10 @@ class Daemon:
             settings.serving, self.hot_store, self.artifacts, self.balancer, self.metrics, warehouse=self.warehouse,
             features=self.features, registry=self.registry, prediction_log=self.prediction_log,
         )
-        models_file = settings.streaming.models_file
+        models_file = settings.streaming.models_file or (demo_models_file(settings.demo.fast)
+                                                         if settings.demo.enabled else None)
         streaming = load_streaming_config(models_file) if models_file else StreamingConfig()
+        specs: dict[str, ModelSpec] = load_specs(models_file) if models_file else {}
         self.streaming = StreamInference(settings.streaming, streaming, self.bus, self.hot_store, self.warehouse,
                                          self.features, self.serving, self.balancer, self.prediction_log, self.metrics)
         self.actions = ActionExecutor(settings.actions, settings.streaming, streaming, self.bus, self.warehouse,
@@ -120,6 +127,10 @@ class Daemon:
         self.monitoring = DriftMonitor(settings.monitoring, self.warehouse, self.hot_store, self.registry,
                                        self.serving, self.features, self.balancer, self.metrics)
         monitoring = MonitoringServicer(self.monitoring, self.metrics)
+        self.automation = Automation(settings.automation, settings.monitoring, specs, str(models_file), self.warehouse,
+                                     self.features, self.registry, self.serving, self.monitoring, self.balancer,
+                                     self.metrics)
+        training = TrainingServicer(self.automation, self.metrics)
         models = ModelServicer(self.registry, self.metrics, serve_here=self.serving.swap_to)
         predictions = PredictionServicer(self.serving, self.metrics)
         self.api = ApiServer(
@@ -136,7 +147,9 @@ class Daemon:
              (models_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
               lambda server: models_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)),
              (monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
-              lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(monitoring, server))],
+              lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(monitoring, server)),
+             (training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+              lambda server: training_pb2_grpc.add_TrainingServiceServicer_to_server(training, server))],
         )
         self.http = HttpServer(settings.api, self.metrics, self.readiness)
         self.monitor = BackendMonitor(
@@ -148,8 +161,9 @@ class Daemon:
             [self.http, self.warehouse,
              BalancerService(self.balancer, drain_s=settings.supervisor.shutdown_deadline_s / 2),
              FeatureRegistryService(self.features, catalog), self.monitor, self.ingest, self.serving,
-             self.streaming, self.actions, self.monitoring,
-             *([DemoTraffic(settings.demo, self.bus, self.features)] if settings.demo.enabled else []), self.api],
+             self.streaming, self.actions, self.monitoring, self.automation,
+             *([DemoTraffic(settings.demo, self.bus, self.features, self.metrics)] if settings.demo.enabled else []),
+             self.api],
             settings.supervisor, self.metrics, self.readiness,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ def version_info(mv: ModelVersion) -> models_pb2.ModelVersionInfo:
         feature_set=mv.feature_set or "", metrics=mv.metrics, created_by=mv.created_by, reason=mv.reason,
         created_at=mv.created_at, training_start=mv.training_window.get("start", ""),
         training_end=mv.training_window.get("end", ""),
+        exports={flavour: export["key"] for flavour, export in mv.exports.items()},
+        artifacts_deleted_at=mv.artifacts_deleted_at,
     )
 
 
@@ -85,6 +88,16 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         async with rpc_errors(context, "Archive", self._metrics):
             mv = await self._registry.archive(request.model, request.version, reason=request.reason or "archived")
         return version_info(mv)
+
+    async def History(self, request: models_pb2.HistoryRequest, context: grpc.aio.ServicerContext
+                      ) -> models_pb2.HistoryResponse:
+        async with rpc_errors(context, "History", self._metrics):
+            if not 0 <= request.limit <= 10_000:
+                raise ValueError(f"limit must be between 0 (200) and 10000, not {request.limit}")
+            entries = await self._registry.history(request.model, request.limit or 200)
+        return models_pb2.HistoryResponse(entries=[
+            models_pb2.AuditEntry(recorded_at=e.recorded_at, actor=e.actor, action=e.action, subject=e.subject,
+                                  reason=e.reason, details_json=json.dumps(e.details)) for e in entries])
 
 
 def _response(result: PredictionResult) -> models_pb2.PredictResponse:

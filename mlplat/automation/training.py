@@ -7,7 +7,7 @@ model and the same metrics (the seed is also the estimator's random_state unless
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,24 @@ class TrainingError(MlplatError):
 
 
 @dataclass(frozen=True)
+class Incumbent:
+    """The production version, scored on the new holdout so the two are compared on the same rows."""
+
+    flavour: str
+    artifact: bytes
+    columns: tuple[int, ...]  # its inputs, in its order, as columns of the training matrix
+
+
+@dataclass(frozen=True)
 class FitResult:
     artifact: bytes  # skops
     metrics: dict[str, float]  # on the holdout
     rows_train: int
     rows_holdout: int
     rows_dropped: int  # duplicates and rows with a null
+    incumbent_metrics: dict[str, float] = field(default_factory=dict)  # production's, on the same holdout
+    onnx: bytes | None = None  # the same model as ONNX, when skl2onnx can convert it
+    onnx_note: str = ""  # why there is no ONNX export
 
 
 def build_estimator(estimator: str, task: Task, params: dict[str, Any], seed: int) -> Any:
@@ -75,17 +87,44 @@ def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[size:]), np.sort(order[:size])
 
 
-def evaluate(model: Any, task: Task, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Holdout metrics, defined as drift runs define them (positive-class probability for a classifier)."""
+def evaluate(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Holdout metrics of a fitted estimator, scored exactly as serving scores it."""
+    from mlplat.serving.flavours import SklearnModel
+
     if not len(y):
         return {}
-    binary = task == "classification" and len(getattr(model, "classes_", ())) == 2
-    scores = model.predict_proba(x)[:, 1] if binary else model.predict(x)
-    return performance(np.asarray(scores, dtype=np.float64), y)
+    return performance(SklearnModel(model, x.shape[1]).predict(x), y)
+
+
+def evaluate_incumbent(incumbent: Incumbent, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from mlplat.serving.flavours import ModelFormatError, load_model
+
+    if not len(y):
+        return {}
+    try:
+        predictor = load_model(incumbent.flavour, incumbent.artifact)
+        return performance(predictor.predict(x[:, list(incumbent.columns)]), y)
+    except (ModelFormatError, ValueError) as e:
+        raise TrainingError(f"the production version cannot be scored on the new holdout: {e}") from None
+
+
+def to_onnx(model: Any, n_features: int) -> tuple[bytes | None, str]:
+    """(ONNX bytes, "") or (None, why not). Classifiers export probabilities as a plain tensor."""
+    try:
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType
+
+        options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+        onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, n_features]))],
+                              options=options, target_opset=17)
+        return onx.SerializeToString(), ""
+    except Exception as e:  # the converter raises many kinds for what it does not support
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def fit_and_evaluate(estimator: str, params: dict[str, Any], x: np.ndarray, y: np.ndarray, *, holdout: float,
-                     seed: int, min_rows: int) -> FitResult:
+                     seed: int, min_rows: int, incumbent: Incumbent | None = None,
+                     export_onnx: bool = True) -> FitResult:
     """The whole job, in a worker process: raises TrainingError naming what is wrong."""
     from mlplat.serving.flavours import save_sklearn
 
@@ -102,4 +141,7 @@ def fit_and_evaluate(estimator: str, params: dict[str, Any], x: np.ndarray, y: n
         model.fit(x[train], y[train])
     except (ValueError, TypeError) as e:  # scikit-learn's InvalidParameterError is a ValueError
         raise TrainingError(f"{estimator}: {e}") from None
-    return FitResult(save_sklearn(model), evaluate(model, task, x[held], y[held]), len(train), len(held), dropped)
+    incumbent_metrics = evaluate_incumbent(incumbent, x[held], y[held]) if incumbent is not None else {}
+    onnx, note = to_onnx(model, x.shape[1]) if export_onnx else (None, "not asked for")
+    return FitResult(save_sklearn(model), evaluate(model, x[held], y[held]), len(train), len(held), dropped,
+                     incumbent_metrics, onnx, note)

@@ -45,7 +45,16 @@ ConfigOption = Annotated[
 ]
 
 
-def _overrides(grpc_port: int | None, http_port: int | None, demo: bool = False) -> dict[str, Any]:
+# `--demo --fast`: the whole loop within a minute (bootstrap, predictions, shift, drift, retrain, promotion)
+FAST_DEMO: dict[str, dict[str, Any]] = {
+    "demo": {"fast": True, "rate": 200.0, "label_delay_s": 1.0, "shift_after_s": 15.0},
+    "monitoring": {"bucket_s": 5.0, "label_delay_s": 2.0},
+    "automation": {"tick_s": 0.5},
+}
+
+
+def _overrides(grpc_port: int | None, http_port: int | None, demo: bool = False,
+               fast: bool = False) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     api: dict[str, Any] = {}
     if grpc_port is not None:
@@ -55,7 +64,12 @@ def _overrides(grpc_port: int | None, http_port: int | None, demo: bool = False)
     if api:
         overrides["api"] = api
     if demo:
+        # drift is judged on buckets of recent predictions: the demo's minute needs short ones
         overrides["demo"] = {"enabled": True}
+        overrides["monitoring"] = {"bucket_s": 20.0, "label_delay_s": 10.0, "performance_tolerance": 0.1}
+        if fast:
+            for section, values in FAST_DEMO.items():
+                overrides[section] = {**overrides.get(section, {}), **values}
     return overrides
 
 
@@ -67,8 +81,14 @@ def run(
         int | None, typer.Option(help="HTTP port for /metrics, /healthz, /readyz (default 9464).")
     ] = None,
     demo: Annotated[bool, typer.Option(
-        "--demo", help="Also generate traffic: events and their labels for the packaged demo feature sets "
-        "(user_activity, user_labels) at [demo] rate, so every part has something to do.")] = False,
+        "--demo", help="Show the whole loop on the embedded defaults: generated events and labels for the "
+        "packaged feature sets, the churn model trained and promoted once enough labels arrived, predictions "
+        "on every event; after [demo] shift_after_s (60 s) a feature shifts, drift is detected, churn is "
+        "retrained and the new version promoted and swapped in. Sets monitoring.bucket_s = 20, label_delay_s = 10 "
+        "and performance_tolerance = 0.1.")] = False,
+    fast: Annotated[bool, typer.Option(
+        "--fast", help="With --demo: the same loop within 60 s (200 events/s, labels after 1 s, the shift "
+        "after 15 s, drift checked every 2 s on 5 s buckets, label_delay_s = 2).")] = False,
 ) -> None:
     """Run the daemon until SIGTERM or Ctrl-C, then drain and exit.
 
@@ -79,7 +99,9 @@ def run(
     from mlplat.daemon import run_forever
     from mlplat.observability.logging import configure_logging
 
-    settings = load_settings(config, **_overrides(grpc_port, http_port, demo))
+    if fast and not demo:
+        raise typer.BadParameter("--fast compresses the demo: use it with --demo", param_hint="--fast")
+    settings = load_settings(config, **_overrides(grpc_port, http_port, demo, fast))
     configure_logging(settings.logging.level, settings.logging.format)
     raise typer.Exit(run_forever(settings))
 

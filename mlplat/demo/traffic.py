@@ -3,20 +3,24 @@
 The events go through the bus like anyone else's, so the demo exercises the real ingest path: consumer
 group, validation, dead letters, warehouse and hot store. Each valid event's label (ground truth) is
 published label_delay_s later, as labels arrive in real life; pending labels are bounded by what the rate
-and the delay can produce.
+and the delay can produce. After shift_after_s the generator shifts the configured features (and the
+labels follow the shifted population), so drift detection and retraining have something to react to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 
 from mlplat.backends.bus import EventBus
 from mlplat.config import DemoSettings
+from mlplat.errors import ConfigError
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.generator import GeneratorSpec, generate_labelled
 from mlplat.observability.logging import get_logger
+from mlplat.observability.metrics import Metrics
 
 log = get_logger("demo")
 TICKS_PER_S = 10
@@ -26,10 +30,12 @@ REPORT_EVERY_S = 10.0
 class DemoTraffic:
     name = "demo"
 
-    def __init__(self, settings: DemoSettings, bus: EventBus, registry: FeatureRegistry) -> None:
+    def __init__(self, settings: DemoSettings, bus: EventBus, registry: FeatureRegistry, metrics: Metrics) -> None:
         self._settings = settings
         self._bus = bus
         self._registry = registry
+        self._metrics = metrics
+        self.shifted = False
         self.published = 0
         self.labels_published = 0
         self._spec: GeneratorSpec | None = None
@@ -48,14 +54,22 @@ class DemoTraffic:
         self._spec = GeneratorSpec(fs, self._registry.key_of(fs), entities=self._settings.entities,
                                    seed=self._settings.seed, bad_fraction=self._settings.bad_fraction,
                                    step_ms=1000 / self._settings.rate, id_prefix=f"demo{int(time.time())}-")
+        # checked now: a shift of a feature that is not numeric stops the daemon at start-up
+        try:
+            dataclasses.replace(self._spec, shift=self._settings.shift)
+        except ValueError as e:
+            raise ConfigError(f"demo.shift: {e}") from None
         log.info("demo_traffic_starting", feature_set=fs.name, labels=self._settings.labels,
-                 rate=self._settings.rate)
+                 rate=self._settings.rate, shift_after_s=self._settings.shift_after_s)
 
     async def run(self) -> None:
         assert self._spec is not None
         started = time.monotonic() - self.published / self._settings.rate  # a restart resumes the pace
         next_report = started + REPORT_EVERY_S
         while True:
+            shift_after = self._settings.shift_after_s
+            if not self.shifted and shift_after is not None and time.monotonic() - started >= shift_after:
+                self._shift()
             due = int((time.monotonic() - started) * self._settings.rate) - self.published
             if due > 0:
                 await self._publish_events(due)
@@ -64,6 +78,14 @@ class DemoTraffic:
                 log.info("demo_traffic", events=self.published, labels=self.labels_published)
                 next_report += REPORT_EVERY_S
             await asyncio.sleep(1 / TICKS_PER_S)
+
+    def _shift(self) -> None:
+        assert self._spec is not None
+        self._spec = dataclasses.replace(self._spec, shift=self._settings.shift)
+        self.shifted = True
+        self._metrics.demo_shift_active.set(1)
+        log.info("demo_shift", shift=self._settings.shift, after_s=self._settings.shift_after_s,
+                 events=self.published)
 
     async def _publish_events(self, n: int) -> None:
         assert self._spec is not None

@@ -134,12 +134,24 @@ def generate_labelled(
 
 
 def label_for(record: dict[str, Any], spec: GeneratorSpec) -> dict[str, Any]:
-    """Ground truth for an event: a noisy rule over its numeric features, so a model can learn it."""
-    numeric = [record[f.name] for f in spec.fs.features if f.type in ("int", "float") and record[f.name] is not None]
-    score = float(np.tanh(sum(numeric) / max(len(numeric), 1) / 50.0)) if numeric else 0.0
+    """Ground truth for an event: a noisy rule a model can learn, about half of them 1.
+
+    The rule reads each numeric feature relative to its population's centre, shift included: when the
+    generator shifts a feature, what counts as "high" moves with it (concept drift), so a model trained
+    before the shift is measurably worse after it and a retrained one is better.
+    """
+    z = []
+    for f in spec.fs.features:
+        value = record.get(f.name)
+        if f.type not in ("int", "float") or value is None or f.allowed is not None:
+            continue
+        low = f.min if f.min is not None else 0.0
+        span = (f.max if f.max is not None else low + 100.0) - low
+        z.append((float(value) - spec.shift.get(f.name, 0.0) - low - span * 0.3) / (span * 0.113))
+    score = float(np.tanh(sum(z) / len(z))) if z else 0.0
     noise = (zlib.crc32(record["event_id"].encode()) % 1000) / 1000 - 0.5
     return {"event_id": f"label-{record['event_id']}", spec.entity_key: record[spec.entity_key],
-            "event_time": record["event_time"], "label": int(score + noise * 0.4 > 0.3)}
+            "event_time": record["event_time"], "label": int(score + noise > 0)}
 
 
 def _break_some(records: list[dict[str, Any]], spec: GeneratorSpec, offset: int) -> None:

@@ -179,8 +179,10 @@ class DriftMonitor:
         else:
             await self._judge(drift, mv, reference, reference_scores, current, scores, start, start + width)
         await self._store(drift, start, start + width, now)
+        crossed = [f"{v.feature}:{v.statistic}" + (" (ingested)" if v.source == "ingest" else "")
+                   for v in drift.values if v.crossed]
         log.info("drift_run", model=mv.model, version=mv.version, detected=drift.detected,
-                 reason=drift.reason or None, crossed=[f"{v.feature}:{v.statistic}" for v in drift.values if v.crossed])
+                 reason=drift.reason or None, crossed=crossed)
         return drift
 
     async def _reference(self, mv: ModelVersion) -> tuple[np.ndarray, np.ndarray]:
@@ -242,7 +244,10 @@ class DriftMonitor:
         if ingested is not None:
             self._add(drift, await self._balancer.run(compare, reference, ingested, mv.feature_names, bins,
                                                       priority=Priority.MONITOR, cost=cost), "ingest")
-        await self._performance(drift, mv, start, end)
+        # labels describe moments but arrive label_delay_s later: newer predictions cannot be judged yet
+        judged_until = min(end, dt.datetime.fromisoformat(drift.computed_at)
+                           - dt.timedelta(seconds=self._settings.label_delay_s))
+        await self._performance(drift, mv, start, judged_until)
 
     def _add(self, drift: ModelDrift, results: list[tuple[str, dict[str, float] | str, int, int]],
              source: str) -> None:
@@ -263,8 +268,8 @@ class DriftMonitor:
         return matrix if len(matrix) >= self._settings.min_rows else None
 
     async def _performance(self, drift: ModelDrift, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> None:
-        """The bucket's predictions joined to their labels (the entity's newest label at or before the
-        prediction, within label_horizon_s), scored, and compared with the metrics registered."""
+        """The bucket's predictions (up to `end`) joined to their labels (the entity's newest label at or before
+        the prediction, within label_horizon_s), scored, and compared with the metrics registered."""
         labels_set = self._settings.labels_feature_set
         if not labels_set or labels_set not in self._features.feature_sets:
             return

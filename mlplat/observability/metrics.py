@@ -148,6 +148,23 @@ class Metrics:
         self.drift_run_seconds = Histogram("mlplat_drift_run_seconds", "Time one drift run took (every model).",
                                            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
                                            registry=r)
+        # automation
+        self.training_jobs = Counter(
+            "mlplat_training_jobs", "Training jobs finished, by trigger (bootstrap, drift, schedule, request) "
+            "and outcome (promoted, staging, failed).", ["model", "trigger", "outcome"], registry=r)
+        self.training_seconds = Histogram(
+            "mlplat_training_seconds", "Time one training job took, queued to decided.", ["model"],
+            buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0), registry=r)
+        self.training_running = Gauge("mlplat_training_running", "1 while a training job of the model runs.",
+                                      ["model"], registry=r)
+        self.automation_decisions = Counter(
+            "mlplat_automation_decisions", "Decisions automation took (each is also in the audit log).",
+            ["model", "decision"], registry=r)
+        self.artifacts_deleted = Counter(
+            "mlplat_artifacts_deleted", "Artifacts of old versions deleted by lifecycle rules.", ["model"],
+            registry=r)
+        self.demo_shift_active = Gauge("mlplat_demo_shift_active", "1 once the demo generator shifted a feature.",
+                                       registry=r)
         # api
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r

@@ -39,6 +39,16 @@ class RegistryError(MlplatError, ValueError):
 
 
 @dataclass(frozen=True)
+class AuditEntry:
+    recorded_at: str
+    actor: str
+    action: str
+    subject: str
+    reason: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class InputFeature:
     name: str
     type: str = "float"
@@ -59,6 +69,8 @@ class ModelVersion:
     created_by: str = "user"
     reason: str = ""
     created_at: str = ""
+    exports: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. {"onnx": {"key", "sha256"}}
+    artifacts_deleted_at: str = ""  # set by lifecycle rules: the version can no longer be loaded
 
     @property
     def feature_names(self) -> list[str]:
@@ -118,12 +130,19 @@ class ModelRegistry:
         self._balancer = balancer
         self._lock = asyncio.Lock()  # version numbers and stage changes, one at a time
 
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return self._artifacts
+
     async def register(
         self, name: str, data: bytes, flavour: str, features: Sequence[InputFeature], *,
         feature_set: str | None = None, metrics: dict[str, float] | None = None,
         training_window: dict[str, str] | None = None, created_by: str = "user", reason: str = "registered",
+        exports: dict[str, bytes] | None = None,
     ) -> ModelVersion:
-        """Store the artifact and add a `staging` version; the file must load and match its inputs."""
+        """Store the artifact and add a `staging` version; the file must load and match its inputs.
+
+        exports: the same model in other formats (flavour -> bytes), stored beside it and recorded."""
         if not NAME.match(name):
             raise RegistryError(f"model name {name!r}: use lower-case letters, digits and _ (start with a letter)")
         if flavour not in FLAVOURS:
@@ -132,27 +151,37 @@ class ModelRegistry:
         window = _checked_window(training_window or {}, feature_set)
         await self._balancer.run(_check_model, data, flavour, len(inputs), priority=Priority.SERVE,
                                  lane=Lane.THREAD)
+        digest, key = await self._store_artifact(name, flavour, data)
+        stored_exports = {}
+        for export_flavour, export in (exports or {}).items():
+            export_digest, export_key = await self._store_artifact(name, export_flavour, export)
+            stored_exports[export_flavour] = {"key": export_key, "sha256": export_digest}
+        async with self._lock:
+            version = await self._next_version(name)
+            mv = ModelVersion(name, version, "staging", flavour, digest, key, inputs, feature_set,
+                              dict(metrics or {}), window, created_by, reason,
+                              dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), stored_exports)
+            await self._warehouse.write(SqlWrite(
+                "INSERT INTO model_versions (model, version, stage, flavour, sha256, artifact_key, features, "
+                "feature_set, metrics, training_window, created_by, reason, exports) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [name, version, "staging", flavour, digest, key, json.dumps([asdict(f) for f in inputs]),
+                 feature_set, json.dumps(mv.metrics), json.dumps(mv.training_window), created_by, reason,
+                 json.dumps(stored_exports)],
+                tables=("model_versions",)))
+        await self.audit(created_by, "register", f"{name}:{version}", reason, {"sha256": digest})
+        log.info("model_registered", model=name, version=version, flavour=flavour, sha256=digest[:12])
+        return mv
+
+    async def _store_artifact(self, model: str, flavour: str, data: bytes) -> tuple[str, str]:
+        """Content-addressed: the same bytes are stored once. Returns (sha256, key)."""
         digest = sha256_of(data)
         key = f"models/sha256/{digest}.{EXTENSIONS[flavour]}"
         try:
             await self._artifacts.head(key)
         except NotFound:
-            await self._artifacts.put(key, data, metadata={"flavour": flavour, "model": name})
-        async with self._lock:
-            version = await self._next_version(name)
-            mv = ModelVersion(name, version, "staging", flavour, digest, key, inputs, feature_set,
-                              dict(metrics or {}), window, created_by, reason,
-                              dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-            await self._warehouse.write(SqlWrite(
-                "INSERT INTO model_versions (model, version, stage, flavour, sha256, artifact_key, features, "
-                "feature_set, metrics, training_window, created_by, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [name, version, "staging", flavour, digest, key, json.dumps([asdict(f) for f in inputs]),
-                 feature_set, json.dumps(mv.metrics), json.dumps(mv.training_window), created_by, reason],
-                tables=("model_versions",)))
-        await self._audit(created_by, "register", f"{name}:{version}", reason, {"sha256": digest})
-        log.info("model_registered", model=name, version=version, flavour=flavour, sha256=digest[:12])
-        return mv
+            await self._artifacts.put(key, data, metadata={"flavour": flavour, "model": model})
+        return digest, key
 
     async def _next_version(self, name: str) -> int:
         table = await self._warehouse.read("SELECT coalesce(max(version), 0) FROM model_versions WHERE model = ?",
@@ -164,7 +193,8 @@ class ModelRegistry:
         where, params = ("WHERE model = ?", [name]) if name else ("", [])
         table = await self._warehouse.read(
             "SELECT model, version, stage, flavour, sha256, artifact_key, features, feature_set, metrics, "
-            f"training_window, created_by, reason, created_at FROM model_versions {where} "
+            "training_window, created_by, reason, created_at, exports, artifacts_deleted_at "
+            f"FROM model_versions {where} "
             "ORDER BY model, version DESC", params)
         out = []
         for row in table.to_pylist():
@@ -172,6 +202,9 @@ class ModelRegistry:
             row["metrics"] = json.loads(row["metrics"] or "{}")
             row["training_window"] = json.loads(row["training_window"] or "{}")
             row["created_at"] = row["created_at"].isoformat(timespec="seconds")
+            row["exports"] = json.loads(row["exports"] or "{}")
+            deleted = row["artifacts_deleted_at"]
+            row["artifacts_deleted_at"] = deleted.isoformat(timespec="seconds") if deleted else ""
             out.append(ModelVersion(**row))
         if name and not out:
             raise NotFound(f"model {name!r} is not registered")
@@ -192,12 +225,18 @@ class ModelRegistry:
             target = await self.get(name, version)
             if target.stage == "production":
                 return target
+            if target.artifacts_deleted_at:
+                raise RegistryError(f"{name} version {version} cannot be promoted: lifecycle rules deleted its "
+                                    f"artifact at {target.artifacts_deleted_at}")
+            previous = next((v.version for v in await self.versions(name) if v.stage == "production"), None)
             await self._warehouse.write(SqlWrite(
                 "UPDATE model_versions SET stage = CASE WHEN version = ? THEN 'production' ELSE 'archived' END, "
                 "stage_changed_at = now() WHERE model = ? AND (version = ? OR stage = 'production')",
                 [version, name, version], tables=("model_versions",)))
             promoted = await self.get(name, version)
-        await self._audit(actor, "promote", f"{name}:{version}", reason, {"from_stage": target.stage})
+        # `previous` is the rollback target: lifecycle rules never delete it
+        await self.audit(actor, "promote", f"{name}:{version}", reason,
+                         {"from_stage": target.stage, "previous": previous})
         await self.publish_production(promoted)
         log.info("model_promoted", model=name, version=version, actor=actor, reason=reason)
         return promoted
@@ -211,7 +250,7 @@ class ModelRegistry:
                 "UPDATE model_versions SET stage = 'archived', stage_changed_at = now() "
                 "WHERE model = ? AND version = ?",
                 [name, version], tables=("model_versions",)))
-        await self._audit(actor, "archive", f"{name}:{version}", reason, {"from_stage": target.stage})
+        await self.audit(actor, "archive", f"{name}:{version}", reason, {"from_stage": target.stage})
         return await self.get(name, version)
 
     async def publish_production(self, mv: ModelVersion) -> None:
@@ -232,10 +271,42 @@ class ModelRegistry:
             await self.publish_production(mv)
         return len(production)
 
-    async def _audit(self, actor: str, action: str, subject: str, reason: str, details: dict[str, Any]) -> None:
+    async def mark_artifacts_deleted(self, name: str, version: int, *, actor: str, reason: str) -> None:
+        """Lifecycle rules: the version is archived and can no longer be loaded or promoted."""
+        async with self._lock:
+            await self._warehouse.write(SqlWrite(
+                "UPDATE model_versions SET stage = 'archived', artifacts_deleted_at = now(), "
+                "stage_changed_at = CASE WHEN stage = 'archived' THEN stage_changed_at ELSE now() END "
+                "WHERE model = ? AND version = ? AND stage <> 'production'",
+                [name, version], tables=("model_versions",)))
+        await self.audit(actor, "delete_artifacts", f"{name}:{version}", reason, {})
+
+    async def rollback_target(self, name: str) -> int | None:
+        """The version that was production before the current one (from the audit trail), if any."""
+        table = await self._warehouse.read(
+            "SELECT details FROM audit_log WHERE action = 'promote' AND split_part(subject, ':', 1) = ? "
+            "ORDER BY recorded_at DESC LIMIT 1", [name])
+        if not table.num_rows:
+            return None
+        previous = json.loads(table.column(0)[0].as_py() or "{}").get("previous")
+        return int(previous) if previous is not None else None
+
+    async def history(self, name: str, limit: int = 200) -> list[AuditEntry]:
+        """What happened to a model and why, newest first: registrations, stage changes, automation."""
+        table = await self._warehouse.read(
+            "SELECT recorded_at, actor, action, subject, reason, details FROM audit_log "
+            "WHERE split_part(subject, ':', 1) = ? ORDER BY recorded_at DESC LIMIT ?", [name, limit])
+        return [AuditEntry(row["recorded_at"].isoformat(timespec="milliseconds"), row["actor"], row["action"],
+                           row["subject"], row["reason"], json.loads(row["details"] or "{}"))
+                for row in table.to_pylist()]
+
+    async def audit(self, actor: str, action: str, subject: str, reason: str, details: dict[str, Any]) -> None:
+        """One decision and its reason in the audit table (subject: `model` or `model:version`)."""
+        # the time is taken here, not by now(): one group commit shares one transaction time, and the
+        # history must keep the order decisions were taken in
         await self._warehouse.write(SqlWrite(
-            "INSERT INTO audit_log (actor, action, subject, reason, details) VALUES (?, ?, ?, ?, ?)",
-            [actor, action, subject, reason, json.dumps(details)], tables=("audit_log",)))
+            "INSERT INTO audit_log (recorded_at, actor, action, subject, reason, details) VALUES (?, ?, ?, ?, ?, ?)",
+            [dt.datetime.now(dt.UTC), actor, action, subject, reason, json.dumps(details)], tables=("audit_log",)))
 
 
 async def fetch_verified(artifacts: ArtifactStore, mv: ModelVersion) -> bytes:

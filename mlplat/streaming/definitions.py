@@ -164,12 +164,16 @@ def config_from_dict(data: dict[str, Any], origin: str = "models") -> StreamingC
         raise ConfigError(f"{origin}: {e}") from None
 
 
-def load_streaming_config(path: Path) -> StreamingConfig:
+def read_models_file(path: Path) -> dict[str, Any]:
+    """The parsed models file (streams, actions, and automation's [models.*] specs)."""
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"streaming.models_file {str(path)!r}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{str(path)!r} is not valid TOML: {e}") from None
-    return config_from_dict(data, str(path))
+
+
+def load_streaming_config(path: Path) -> StreamingConfig:
+    return config_from_dict(read_models_file(path), str(path))
 

@@ -246,11 +246,14 @@ def _fetch(
             reader = relation.to_arrow_reader(min(max_rows + 1, 65_536))
             batches: list[pa.RecordBatch] = []
             rows = 0
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                if rows > max_rows:
-                    break
+            try:
+                for batch in reader:
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows > max_rows:
+                        break
+            finally:  # a result left open makes the pooled cursor refuse its next query
+                reader.close()
         except duckdb.InterruptException:
             raise
         except duckdb.Error as e:

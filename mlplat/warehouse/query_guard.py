@@ -76,8 +76,9 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, known_tables: set[str]
         verb = statements[0].query.split(maxsplit=1)[0].upper() if statements[0].query.strip() else kind.name
         raise QueryForbidden(f"only read-only SELECT queries are allowed, not {verb}")
 
-    serialized = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [text]).fetchone()
-    tree = json.loads(serialized[0]) if serialized else {"error": True}
+    # fetchall, never fetchone: a result left unfinished makes the pooled cursor refuse its next query
+    serialized = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [text]).fetchall()
+    tree = json.loads(serialized[0][0]) if serialized else {"error": True}
     if tree.get("error"):
         raise QueryRejected(f"query cannot be checked: {tree.get('error_message', 'unknown parse error')}")
 

@@ -138,6 +138,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        6,
+        "automation: exported artifacts, lifecycle deletions, declared model specs",
+        """
+        ALTER TABLE model_versions ADD COLUMN exports JSON;                  -- {"onnx": {"key", "sha256"}}
+        ALTER TABLE model_versions ADD COLUMN artifacts_deleted_at TIMESTAMPTZ;  -- by lifecycle rules
+        CREATE TABLE model_specs (
+            model       VARCHAR PRIMARY KEY,
+            spec        JSON NOT NULL,
+            origin      VARCHAR NOT NULL,      -- the models file, or grpc
+            declared_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 _BOOKKEEPING = """
@@ -151,8 +165,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(_BOOKKEEPING)
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-    return int(row[0]) if row else 0
+    rows = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()  # finishes the result
+    return int(rows[0][0]) if rows else 0
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:

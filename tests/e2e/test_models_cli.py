@@ -41,9 +41,10 @@ def served(tmp_path: Path) -> Iterator[RunningDaemon]:
 
 
 def test_models_list_and_one_shot_predict(served: RunningDaemon) -> None:
-    listed = json.loads(served.cli("models", "list", "--json").stdout)
-    assert [(m["model"], m["version"], m["stage"], m["reason"]) for m in listed] == [("churn", 1, "production",
-                                                                                      "registered")]
+    [listed] = json.loads(served.cli("models", "list", "--json").stdout)
+    assert (listed["model"], listed["production"]) == ("churn", 1)
+    assert [(v["version"], v["stage"], v["created_by"], v["reason"]) for v in listed["versions"]] == [
+        (1, "production", "user", "registered")]
     features = json.dumps({"clicks_1h": 70, "spend_1h": 60.0, "session_minutes": 3.0, "is_premium": False})
     result = served.cli("predict", "--model", "churn", "--features", features, "--json")
     assert result.returncode == 0, result.stderr

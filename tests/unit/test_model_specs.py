@@ -29,6 +29,12 @@ def test_a_spec_reads_with_defaults_beside_streams() -> None:
     ({"holdout": 1.5}, "models.churn.holdout"),
     ({"min_rows": 1}, "models.churn.min_rows"),
     ({"colour": "red"}, "models.churn.colour"),
+    ({"drift_statistics": ["ks", "chi"]}, "models.churn.drift_statistics: unknown statistic 'chi'"),
+    ({"promote": "sometimes"}, "models.churn.promote"),
+    ({"promote_metric": "precision"}, "models.churn.promote_metric: unknown metric 'precision'"),
+    ({"retrain_schedule": "61 * * * *"}, "models.churn.retrain_schedule: retrain_schedule '61 * * * *': Bad minute"),
+    ({"retrain_schedule": "weekly"}, "expected 5 cron fields"),
+    ({"cooldown_s": -1}, "models.churn.cooldown_s"),
 ])
 def test_a_bad_spec_names_the_model_and_the_key(change: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -38,3 +44,15 @@ def test_a_bad_spec_names_the_model_and_the_key(change: dict[str, object], messa
 def test_a_spec_without_its_required_keys_says_which() -> None:
     with pytest.raises(ConfigError, match=re.escape("models.churn.label: Field required")):
         specs_from_dict({"models": {"churn": {"feature_set": "a", "estimator": "decision_tree"}}})
+
+
+def test_retraining_schedules_are_cron_with_the_usual_aliases() -> None:
+    import datetime as dt
+
+    from mlplat.automation.specs import next_run
+
+    monday = dt.datetime(2026, 11, 23, 16, 7, tzinfo=dt.UTC)
+    assert next_run("@weekly", monday) == dt.datetime(2026, 11, 29, tzinfo=dt.UTC)  # Sunday 00:00
+    assert next_run("@daily", monday) == dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
+    assert next_run("0 3 * * 1", monday) == dt.datetime(2026, 11, 30, 3, tzinfo=dt.UTC)
+    assert next_run("*/5 * * * *", monday) == dt.datetime(2026, 11, 23, 16, 10, tzinfo=dt.UTC)

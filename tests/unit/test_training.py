@@ -32,6 +32,25 @@ def test_every_estimator_trains_and_the_same_seed_gives_the_same_model(estimator
         assert set(first.metrics) == {"mae", "rmse", "r2"} and first.metrics["r2"] > 0.5
     else:
         assert set(first.metrics) == {"accuracy", "f1", "auc"} and first.metrics["auc"] > 0.8
+    # every one of these estimators converts: the ONNX export answers as the skops file does
+    assert first.onnx is not None and first.onnx_note == ""
+    assert np.allclose(load_model("onnx", first.onnx).predict(probe),
+                       load_model("sklearn", first.artifact).predict(probe), atol=1e-4)
+
+
+def test_production_is_scored_on_the_same_holdout_through_its_own_inputs() -> None:
+    """The incumbent may take its inputs in another order: it is scored through its own column mapping."""
+    from mlplat.automation.training import Incumbent, evaluate_incumbent
+
+    x, y = data()
+    old = fit_and_evaluate("decision_tree", {"max_depth": 2}, x[:, [1, 0, 2, 3]], y, holdout=0.25, seed=7,
+                           min_rows=50, export_onnx=False)
+    new = fit_and_evaluate("decision_tree", {"max_depth": 2}, x, y, holdout=0.25, seed=7, min_rows=50,
+                           incumbent=Incumbent("sklearn", old.artifact, (1, 0, 2, 3)), export_onnx=False)
+    assert new.onnx is None and new.onnx_note == "not asked for"
+    assert new.incumbent_metrics == pytest.approx(new.metrics)  # the same tree, fed the same rows
+    with pytest.raises(TrainingError, match="cannot be scored"):
+        evaluate_incumbent(Incumbent("sklearn", b"not a model", (0, 1, 2, 3)), x[:10], y[:10])
 
 
 def test_a_different_seed_splits_differently() -> None:

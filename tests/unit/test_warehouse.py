@@ -109,6 +109,20 @@ async def test_full_queue_applies_back_pressure(warehouse: Warehouse) -> None:
     assert await count(warehouse) == len(accepted) + 1
 
 
+async def test_user_queries_leave_every_pooled_cursor_usable(warehouse: Warehouse) -> None:
+    """A checked query and a truncated one must not leave a result open on their cursor: the next read on
+    that cursor (here: with an Arrow table registered, as training sets do) would be refused."""
+    await warehouse.write(ArrowWrite("events", rows(list(range(50)))))
+    for _ in range(2 * warehouse._settings.read_threads):
+        await warehouse.query("SELECT * FROM events", max_rows=10, use_cache=False)  # truncated
+        await warehouse.query("SELECT count(*) FROM events", use_cache=False)
+    spine = pa.table({"event_id": pa.array([1, 2], pa.int64())})
+    for _ in range(2 * warehouse._settings.read_threads):
+        joined = await warehouse.read("SELECT count(*) FROM events JOIN spine USING (event_id)",
+                                      tables={"spine": spine})
+        assert joined.column(0)[0].as_py() == 2
+
+
 async def test_reads_run_while_the_writer_is_busy(warehouse: Warehouse) -> None:
     """A read does not wait for the writer: DuckDB cursors read their own snapshot."""
     await warehouse.write(ArrowWrite("events", rows([1])))

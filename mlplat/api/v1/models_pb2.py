@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlplat/v1/models.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\x0cInputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xf3\x02\n\x10ModelVersionInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x07 \x01(\t\x12\x39\n\x07metrics\x18\x08 \x03(\x0b\x32(.mlplat.v1.ModelVersionInfo.MetricsEntry\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x16\n\x0etraining_start\x18\x0c \x01(\t\x12\x14\n\x0ctraining_end\x18\r \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb1\x02\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x02 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12=\n\x07metrics\x18\x06 \x03(\x0b\x32,.mlplat.v1.RegisterModelRequest.MetricsEntry\x12\r\n\x05\x63hunk\x18\x07 \x01(\x0c\x12\x16\n\x0etraining_start\x18\x08 \x01(\t\x12\x14\n\x0ctraining_end\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"E\n\x14ListVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.mlplat.v1.ModelVersionInfo\">\n\x0cStageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x82\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8b\x01\n\x0fPredictResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\"p\n\x13PredictBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x0c\n\x04rows\x18\x04 \x01(\r\x12\x14\n\x0c\x66loat64_rows\x18\x05 \x01(\x0c\"Z\n\x14PredictBatchResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x32\xb2\x02\n\x0cModelService\x12O\n\rRegisterModel\x12\x1f.mlplat.v1.RegisterModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo(\x01\x12O\n\x0cListVersions\x12\x1e.mlplat.v1.ListVersionsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12?\n\x07Promote\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12?\n\x07\x41rchive\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo2\x84\x03\n\x11PredictionService\x12K\n\nListModels\x12\x1c.mlplat.v1.ListModelsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12\x43\n\x08GetModel\x12\x1a.mlplat.v1.GetModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12@\n\x07Predict\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse\x12O\n\x0cPredictBatch\x12\x1e.mlplat.v1.PredictBatchRequest\x1a\x1f.mlplat.v1.PredictBatchResponse\x12J\n\rPredictStream\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlplat/v1/models.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\x0cInputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\xfc\x03\n\x10ModelVersionInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x07 \x01(\t\x12\x39\n\x07metrics\x18\x08 \x03(\x0b\x32(.mlplat.v1.ModelVersionInfo.MetricsEntry\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\t\x12\x16\n\x0etraining_start\x18\x0c \x01(\t\x12\x14\n\x0ctraining_end\x18\r \x01(\t\x12\x39\n\x07\x65xports\x18\x0e \x03(\x0b\x32(.mlplat.v1.ModelVersionInfo.ExportsEntry\x12\x1c\n\x14\x61rtifacts_deleted_at\x18\x0f \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0c\x45xportsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb1\x02\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x66lavour\x18\x02 \x01(\t\x12)\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x17.mlplat.v1.InputFeature\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12=\n\x07metrics\x18\x06 \x03(\x0b\x32,.mlplat.v1.RegisterModelRequest.MetricsEntry\x12\r\n\x05\x63hunk\x18\x07 \x01(\x0c\x12\x16\n\x0etraining_start\x18\x08 \x01(\t\x12\x14\n\x0ctraining_end\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"$\n\x13ListVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"E\n\x14ListVersionsResponse\x12-\n\x08versions\x18\x01 \x03(\x0b\x32\x1b.mlplat.v1.ModelVersionInfo\">\n\x0cStageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\".\n\x0eHistoryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"w\n\nAuditEntry\x12\x13\n\x0brecorded_at\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x06 \x01(\t\"9\n\x0fHistoryResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.mlplat.v1.AuditEntry\"\x13\n\x11ListModelsRequest\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x82\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8b\x01\n\x0fPredictResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nerror_code\x18\x07 \x01(\t\"p\n\x13PredictBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x15\n\rfeature_names\x18\x03 \x03(\t\x12\x0c\n\x04rows\x18\x04 \x01(\r\x12\x14\n\x0c\x66loat64_rows\x18\x05 \x01(\x0c\"Z\n\x14PredictBatchResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x32\xf4\x02\n\x0cModelService\x12O\n\rRegisterModel\x12\x1f.mlplat.v1.RegisterModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo(\x01\x12O\n\x0cListVersions\x12\x1e.mlplat.v1.ListVersionsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12?\n\x07Promote\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12?\n\x07\x41rchive\x12\x17.mlplat.v1.StageRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12@\n\x07History\x12\x19.mlplat.v1.HistoryRequest\x1a\x1a.mlplat.v1.HistoryResponse2\x84\x03\n\x11PredictionService\x12K\n\nListModels\x12\x1c.mlplat.v1.ListModelsRequest\x1a\x1f.mlplat.v1.ListVersionsResponse\x12\x43\n\x08GetModel\x12\x1a.mlplat.v1.GetModelRequest\x1a\x1b.mlplat.v1.ModelVersionInfo\x12@\n\x07Predict\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse\x12O\n\x0cPredictBatch\x12\x1e.mlplat.v1.PredictBatchRequest\x1a\x1f.mlplat.v1.PredictBatchResponse\x12J\n\rPredictStream\x12\x19.mlplat.v1.PredictRequest\x1a\x1a.mlplat.v1.PredictResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +34,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELVERSIONINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELVERSIONINFO_EXPORTSENTRY']._loaded_options = None
+  _globals['_MODELVERSIONINFO_EXPORTSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERMODELREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_INPUTFEATURE']._serialized_start=67
   _globals['_INPUTFEATURE']._serialized_end=109
   _globals['_MODELVERSIONINFO']._serialized_start=112
-  _globals['_MODELVERSIONINFO']._serialized_end=483
-  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_start=437
-  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_end=483
-  _globals['_REGISTERMODELREQUEST']._serialized_start=486
-  _globals['_REGISTERMODELREQUEST']._serialized_end=791
-  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_start=437
-  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_end=483
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=793
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=829
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=831
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=900
-  _globals['_STAGEREQUEST']._serialized_start=902
-  _globals['_STAGEREQUEST']._serialized_end=964
-  _globals['_LISTMODELSREQUEST']._serialized_start=966
-  _globals['_LISTMODELSREQUEST']._serialized_end=985
-  _globals['_GETMODELREQUEST']._serialized_start=987
-  _globals['_GETMODELREQUEST']._serialized_end=1036
-  _globals['_PREDICTREQUEST']._serialized_start=1039
-  _globals['_PREDICTREQUEST']._serialized_end=1169
-  _globals['_PREDICTRESPONSE']._serialized_start=1172
-  _globals['_PREDICTRESPONSE']._serialized_end=1311
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=1313
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=1425
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1427
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1517
-  _globals['_MODELSERVICE']._serialized_start=1520
-  _globals['_MODELSERVICE']._serialized_end=1826
-  _globals['_PREDICTIONSERVICE']._serialized_start=1829
-  _globals['_PREDICTIONSERVICE']._serialized_end=2217
+  _globals['_MODELVERSIONINFO']._serialized_end=620
+  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_start=526
+  _globals['_MODELVERSIONINFO_METRICSENTRY']._serialized_end=572
+  _globals['_MODELVERSIONINFO_EXPORTSENTRY']._serialized_start=574
+  _globals['_MODELVERSIONINFO_EXPORTSENTRY']._serialized_end=620
+  _globals['_REGISTERMODELREQUEST']._serialized_start=623
+  _globals['_REGISTERMODELREQUEST']._serialized_end=928
+  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_start=526
+  _globals['_REGISTERMODELREQUEST_METRICSENTRY']._serialized_end=572
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=930
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=966
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=968
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1037
+  _globals['_STAGEREQUEST']._serialized_start=1039
+  _globals['_STAGEREQUEST']._serialized_end=1101
+  _globals['_HISTORYREQUEST']._serialized_start=1103
+  _globals['_HISTORYREQUEST']._serialized_end=1149
+  _globals['_AUDITENTRY']._serialized_start=1151
+  _globals['_AUDITENTRY']._serialized_end=1270
+  _globals['_HISTORYRESPONSE']._serialized_start=1272
+  _globals['_HISTORYRESPONSE']._serialized_end=1329
+  _globals['_LISTMODELSREQUEST']._serialized_start=1331
+  _globals['_LISTMODELSREQUEST']._serialized_end=1350
+  _globals['_GETMODELREQUEST']._serialized_start=1352
+  _globals['_GETMODELREQUEST']._serialized_end=1401
+  _globals['_PREDICTREQUEST']._serialized_start=1404
+  _globals['_PREDICTREQUEST']._serialized_end=1534
+  _globals['_PREDICTRESPONSE']._serialized_start=1537
+  _globals['_PREDICTRESPONSE']._serialized_end=1676
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=1678
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=1790
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1792
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1882
+  _globals['_MODELSERVICE']._serialized_start=1885
+  _globals['_MODELSERVICE']._serialized_end=2257
+  _globals['_PREDICTIONSERVICE']._serialized_start=2260
+  _globals['_PREDICTIONSERVICE']._serialized_end=2648
 # @@protoc_insertion_point(module_scope)

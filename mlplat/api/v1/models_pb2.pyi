@@ -66,6 +66,26 @@ class ModelVersionInfo(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ExportsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
@@ -79,6 +99,8 @@ class ModelVersionInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TRAINING_START_FIELD_NUMBER: _builtins.int
     TRAINING_END_FIELD_NUMBER: _builtins.int
+    EXPORTS_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_DELETED_AT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     stage: _builtins.str
@@ -93,10 +115,16 @@ class ModelVersionInfo(_message.Message):
     training_start: _builtins.str
     """The training data's time range in its feature set (ISO 8601): drift is measured against it."""
     training_end: _builtins.str
+    artifacts_deleted_at: _builtins.str
+    """set when lifecycle rules deleted its artifacts"""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputFeature]: ...
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def exports(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Other formats of the same model stored beside it (e.g. onnx), by flavour: their artifact keys."""
+
     def __init__(
         self,
         *,
@@ -113,10 +141,12 @@ class ModelVersionInfo(_message.Message):
         created_at: _builtins.str = ...,
         training_start: _builtins.str = ...,
         training_end: _builtins.str = ...,
+        exports: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        artifacts_deleted_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "feature_set", b"feature_set", "features", b"features", "flavour", b"flavour", "metrics", b"metrics", "model", b"model", "reason", b"reason", "sha256", b"sha256", "stage", b"stage", "training_end", b"training_end", "training_start", b"training_start", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts_deleted_at", b"artifacts_deleted_at", "created_at", b"created_at", "created_by", b"created_by", "exports", b"exports", "feature_set", b"feature_set", "features", b"features", "flavour", b"flavour", "metrics", b"metrics", "model", b"model", "reason", b"reason", "sha256", b"sha256", "stage", b"stage", "training_end", b"training_end", "training_start", b"training_start", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,6 +281,85 @@ class StageRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StageRequest: _TypeAlias = StageRequest  # noqa: Y015
+
+@_typing.final
+class HistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    limit: _builtins.int
+    """0: 200"""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryRequest: _TypeAlias = HistoryRequest  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    recorded_at: _builtins.str
+    actor: _builtins.str
+    """user or automation"""
+    action: _builtins.str
+    subject: _builtins.str
+    """model or model:version"""
+    reason: _builtins.str
+    details_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        recorded_at: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        details_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "details_json", b"details_json", "reason", b"reason", "recorded_at", b"recorded_at", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class HistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryResponse: _TypeAlias = HistoryResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -55,6 +55,11 @@ class ModelServiceStub:
                 request_serializer=mlplat_dot_v1_dot_models__pb2.StageRequest.SerializeToString,
                 response_deserializer=mlplat_dot_v1_dot_models__pb2.ModelVersionInfo.FromString,
                 _registered_method=True)
+        self.History = channel.unary_unary(
+                '/mlplat.v1.ModelService/History',
+                request_serializer=mlplat_dot_v1_dot_models__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=mlplat_dot_v1_dot_models__pb2.HistoryResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -91,6 +96,14 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def History(self, request, context):
+        """What happened to a model and why, newest first: registrations, stage changes, automation's
+        decisions (bootstrap, retrain, drift_ignored, keep_staging, train_failed, delete_artifacts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Archive,
                     request_deserializer=mlplat_dot_v1_dot_models__pb2.StageRequest.FromString,
                     response_serializer=mlplat_dot_v1_dot_models__pb2.ModelVersionInfo.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=mlplat_dot_v1_dot_models__pb2.HistoryRequest.FromString,
+                    response_serializer=mlplat_dot_v1_dot_models__pb2.HistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +242,33 @@ class ModelService:
             '/mlplat.v1.ModelService/Archive',
             mlplat_dot_v1_dot_models__pb2.StageRequest.SerializeToString,
             mlplat_dot_v1_dot_models__pb2.ModelVersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlplat.v1.ModelService/History',
+            mlplat_dot_v1_dot_models__pb2.HistoryRequest.SerializeToString,
+            mlplat_dot_v1_dot_models__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

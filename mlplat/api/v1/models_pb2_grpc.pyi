@@ -44,6 +44,10 @@ class ModelServiceStub:
     """Makes a version the production one (the previous one is archived); serving daemons swap to it."""
     Archive: _grpc.UnaryUnaryMultiCallable[_models_pb2.StageRequest, _models_pb2.ModelVersionInfo]
     """Archives a version; the production version cannot be archived (FAILED_PRECONDITION)."""
+    History: _grpc.UnaryUnaryMultiCallable[_models_pb2.HistoryRequest, _models_pb2.HistoryResponse]
+    """What happened to a model and why, newest first: registrations, stage changes, automation's
+    decisions (bootstrap, retrain, drift_ignored, keep_staging, train_failed, delete_artifacts).
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -61,6 +65,10 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Makes a version the production one (the previous one is archived); serving daemons swap to it."""
     Archive: _aio.UnaryUnaryMultiCallable[_models_pb2.StageRequest, _models_pb2.ModelVersionInfo]  # type: ignore[assignment]
     """Archives a version; the production version cannot be archived (FAILED_PRECONDITION)."""
+    History: _aio.UnaryUnaryMultiCallable[_models_pb2.HistoryRequest, _models_pb2.HistoryResponse]  # type: ignore[assignment]
+    """What happened to a model and why, newest first: registrations, stage changes, automation's
+    decisions (bootstrap, retrain, drift_ignored, keep_staging, train_failed, delete_artifacts).
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """The model registry: versions, stages (staging, production, archived) and their history."""
@@ -99,6 +107,16 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ModelVersionInfo, _abc.Awaitable[_models_pb2.ModelVersionInfo]]:
         """Archives a version; the production version cannot be archived (FAILED_PRECONDITION)."""
+
+    @_abc_1.abstractmethod
+    def History(
+        self,
+        request: _models_pb2.HistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.HistoryResponse, _abc.Awaitable[_models_pb2.HistoryResponse]]:
+        """What happened to a model and why, newest first: registrations, stage changes, automation's
+        decisions (bootstrap, retrain, drift_ignored, keep_staging, train_failed, delete_artifacts).
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
