@@ -27,9 +27,9 @@ def spec_from_message(message: training_pb2.ModelSpec) -> ModelSpec:
     try:
         return ModelSpec(**raw)
     except ValidationError as e:
-        raise ValueError(describe_invalid(e, prefix="")) from None
-    except TypeError as e:  # e.g. no name
-        raise ValueError(str(e)) from None
+        problem = describe_invalid(e, prefix="")
+    # raised outside the handler: the ValidationError (and the frames it holds) is not chained to it
+    raise ValueError(problem)
 
 
 def spec_message(spec: ModelSpec) -> training_pb2.ModelSpec:

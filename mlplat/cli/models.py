@@ -181,6 +181,15 @@ STAGE_TEXT = {
 }
 
 
+def _event_line(event: training_pb2.TrainEvent, json_out: bool) -> str:
+    if json_out:
+        return json.dumps({"job_id": event.job_id, "model": event.model, "stage": event.stage,
+                           "progress": event.progress, "message": event.message, "version": event.version,
+                           "at": event.at, "trigger": event.trigger})
+    job = f"  [job {event.job_id}]" if event.stage == "queued" else ""
+    return f"{event.at[11:19]}  {STAGE_TEXT.get(event.stage, event.stage):<17} {event.message}{job}"
+
+
 @models_app.command("train")
 def train(
     model: ModelArg,
@@ -198,33 +207,30 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    console = Console()  # on a terminal: a progress bar under the stage lines; otherwise the lines alone
     last: training_pb2.TrainEvent | None = None
     with channel(target) as ch:
         stream = training_pb2_grpc.TrainingServiceStub(ch).Train(
             training_pb2.TrainRequest(model=model, job_id=job or "", reason=reason))
         try:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(), console=console, disable=json_out or not console.is_terminal
-                          ) as progress:
+                          TimeElapsedColumn(), console=console, transient=True,
+                          disable=json_out or not console.is_terminal) as progress:
                 bar = progress.add_task(model, total=1.0)
                 for event in stream:
                     last = event
-                    if json_out:
-                        typer.echo(json.dumps({"job_id": event.job_id, "model": event.model, "stage": event.stage,
-                                               "progress": event.progress, "message": event.message,
-                                               "version": event.version, "at": event.at, "trigger": event.trigger}))
-                        continue
-                    stage = STAGE_TEXT.get(event.stage, event.stage)
-                    progress.update(bar, completed=event.progress, description=f"{model}: {stage}")
-                    progress.console.print(f"{event.at[11:19]}  {stage:<17} {event.message}"
-                                           + (f"  [job {event.job_id}]" if event.stage == "queued" else ""),
-                                           markup=False, highlight=False)
+                    progress.update(bar, completed=event.progress,
+                                    description=f"{model}: {STAGE_TEXT.get(event.stage, event.stage)}")
+                    line = _event_line(event, json_out)
+                    if console.is_terminal and not json_out:
+                        progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+                    else:
+                        typer.echo(line)
         except KeyboardInterrupt:
             stream.cancel()
             job_id = last.job_id if last else "?"
-            console.print(f"stopped following; the job goes on. Re-attach: mlplat models train {model} --job "
-                          f"{job_id}", markup=False)
+            typer.echo(f"stopped following; the job goes on. Re-attach: mlplat models train {model} --job {job_id}",
+                       err=True)
             raise typer.Exit(130) from None
     if last is None:
         raise ClientError("the daemon closed the stream before the job's first stage")

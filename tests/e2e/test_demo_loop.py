@@ -82,6 +82,11 @@ def test_the_fast_demo_trains_serves_detects_drift_retrains_and_promotes_in_orde
         assert trained.returncode == 0, trained.stderr
         stages = [json.loads(line)["stage"] for line in trained.stdout.splitlines()]
         assert stages[0] == "queued" and stages[-1] in ("promoted", "staging") and "fitting" in stages
+        plain = daemon.cli("models", "train", "churn", "--reason", "a look")  # not a terminal: the lines alone
+        assert plain.returncode == 0, plain.stderr
+        lines = plain.stdout.splitlines()
+        assert "queued" in lines[0] and "a look" in lines[0] and "[job " in lines[0]
+        assert re.match(r"churn version \d+ is in (production|staging): ", lines[-1]), lines
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()

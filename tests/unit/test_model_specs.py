@@ -56,3 +56,26 @@ def test_retraining_schedules_are_cron_with_the_usual_aliases() -> None:
     assert next_run("@daily", monday) == dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
     assert next_run("0 3 * * 1", monday) == dt.datetime(2026, 11, 30, 3, tzinfo=dt.UTC)
     assert next_run("*/5 * * * *", monday) == dt.datetime(2026, 11, 23, 16, 10, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("path", ["config/models.toml", "mlplat/demo/models.toml", "mlplat/demo/models-fast.toml"])
+def test_the_shipped_models_files_declare_specs_that_fit_the_demo_feature_sets(path: str) -> None:
+    from pathlib import Path
+    from typing import cast
+
+    from mlplat.automation.dataset import model_inputs
+    from mlplat.automation.specs import load_specs
+    from mlplat.demo import DEMO_FEATURES
+    from mlplat.features.definitions import FeatureSet, load_catalog
+    from mlplat.features.registry import FeatureRegistry
+
+    class Catalog:  # what model_inputs needs of the feature registry: get(name)
+        def __init__(self) -> None:
+            self.sets = load_catalog(DEMO_FEATURES).feature_sets
+
+        def get(self, name: str) -> FeatureSet:
+            return self.sets[name]
+
+    [spec] = load_specs(Path(path)).values()
+    inputs = model_inputs(spec, cast(FeatureRegistry, Catalog()))
+    assert [f.name for f in inputs] == ["clicks_1h", "spend_1h", "session_minutes", "is_premium"]
