@@ -37,6 +37,12 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Performance against labels", "percentunit", [
         (f'mlplat_model_performance{{{M}, metric=~"accuracy|f1|auc"}}', "{{model}} {{metric}}"),
         (f'mlplat_model_performance{{{M}, metric=~".*_bound"}}', "{{model}} {{metric}} (registered - tolerance)")]),
+    ("Training jobs (last hour)", "short", [
+        (f"sum by (model, trigger, outcome) (increase(mlplat_training_jobs_total{{{M}}}[1h]))",
+         "{{model}} {{trigger}} {{outcome}}")]),
+    ("Automation decisions (last hour)", "short", [
+        (f"sum by (model, decision) (increase(mlplat_automation_decisions_total{{{M}}}[1h]))",
+         "{{model}} {{decision}}")]),
     ("Balancer: jobs queued", "short", [("sum by (class) (mlplat_jobs_queued)", "{{class}}")]),
     ("Balancer: busy workers", "short", [("mlplat_workers_busy", "{{lane}}")]),
     ("Warehouse writer queue", "short", [("mlplat_warehouse_queue_depth", "commands")]),

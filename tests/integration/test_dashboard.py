@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mlplat.automation.specs import ModelSpec
 from mlplat.daemon import Daemon
 from tests.integration.test_drift import NAMES, matrix, rows
 from tests.integration.test_serving import daemon_settings
@@ -93,6 +94,13 @@ async def test_every_dashboard_expression_returns_data_from_prometheus(tmp_path:
             "event_id": f"l{i}", "user_id": u, "event_time": (now - dt.timedelta(seconds=5)).isoformat(),
             "label": i % 2}) for i, u in enumerate(users)))
         await daemon.batch.ingest_file(tmp_path / "labels.ndjson", "user_labels", upload_id="labels")
+        # one training job (kept in staging: the drift panels keep judging v1), for the automation panels
+        await daemon.automation.declare(ModelSpec(name="churn", feature_set="user_activity", features=tuple(NAMES),
+                                                  label="user_labels.label", estimator="decision_tree",
+                                                  min_rows=100, promote="manual"))
+        job = await daemon.automation.train("churn")
+        async for event in job.follow():
+            assert event.stage != "failed", event.message
         pending = {e.replace("$model", ".*").replace("$__rate_interval", "20s") for e in expressions()}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 90
