@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -120,6 +120,49 @@ class ApiSettings(_Section):
     http_port: int = Field(9464, ge=0, le=65535, description="HTTP port; 0 picks a free one")
     grace_s: float = Field(3.0, ge=0, description="time in-flight RPCs get to finish on shutdown")
     max_message_mb: int = Field(64, ge=1, description="largest gRPC message accepted or sent")
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain): gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the server certificate")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA bundle: clients must present a "
+                                                              "certificate it signed (mutual TLS)")
+    read_token: SecretStr | None = Field(None, description="token for read RPCs (predict, list, get); set by env")
+    read_token_file: Path | None = Field(None, description="file holding the read token")
+    admin_token: SecretStr | None = Field(None, description="token for every RPC, including those that change "
+                                                            "state; set by env")
+    admin_token_file: Path | None = Field(None, description="file holding the admin token")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (mutual TLS is TLS)")
+        return self
+
+    def tokens(self) -> tuple[str | None, str | None]:
+        """(read, admin); both None: the API is open."""
+        read = (self.read_token.get_secret_value() if self.read_token is not None
+                else _read_secret_file(self.read_token_file, "api.read_token_file"))
+        admin = (self.admin_token.get_secret_value() if self.admin_token is not None
+                 else _read_secret_file(self.admin_token_file, "api.admin_token_file"))
+        if read and not admin:
+            raise ConfigError("config: api.read_token without api.admin_token would leave every admin RPC "
+                              "closed to everyone: set an admin token too")
+        return read or None, admin or None
+
+    def tls(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(certificate chain, private key, client CA or None), read now so a bad path fails at start-up."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        files = {"api.tls_cert_file": self.tls_cert_file, "api.tls_key_file": self.tls_key_file}
+        if self.tls_client_ca_file is not None:
+            files["api.tls_client_ca_file"] = self.tls_client_ca_file
+        data = {}
+        for key, path in files.items():
+            try:
+                data[key] = path.read_bytes()
+            except OSError as e:
+                raise ConfigError(f"config: {key} = {str(path)!r}: cannot read ({e.strerror})") from None
+        return data["api.tls_cert_file"], data["api.tls_key_file"], data.get("api.tls_client_ca_file")
 
 
 class SupervisorSettings(_Section):
@@ -336,7 +379,7 @@ def _one_line(error: ValidationError) -> str:
             continue
         value = e.get("input")
         shown = redact_url(value) if isinstance(value, str) else value
-        if "password" in key or "connection_string" in key:
+        if "password" in key or "connection_string" in key or "token" in key:
             shown = "***"
         parts.append(f"{key} = {shown!r}: {msg}")
     return "config: " + "; ".join(parts)
@@ -367,4 +410,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     # resolve secret files now, so a missing file is a start-up error rather than a late surprise
     settings.hot_store.secret()
     settings.artifacts.secret(dict(os.environ))
+    settings.api.tokens()
+    settings.api.tls()
     return settings

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from mlplat import __version__
 from mlplat.api.admin import AdminServicer
+from mlplat.api.auth import TokenAuth
 from mlplat.api.features import FeatureServicer
 from mlplat.api.ingest import IngestServicer
 from mlplat.api.models import ModelServicer, PredictionServicer
@@ -75,8 +76,9 @@ class Daemon:
         self.readiness = Readiness()
         password = settings.hot_store.secret()
         connection_string = settings.artifacts.secret(dict(os.environ))
-        register_secret(password)
-        register_secret(connection_string)
+        read_token, admin_token = settings.api.tokens()
+        for secret in (password, connection_string, read_token, admin_token):
+            register_secret(secret)
 
         self.hot_store: HotStore = open_hot_store(settings.hot_store.url, password=password)
         self.bus: EventBus = open_bus(settings.bus.url)
@@ -150,6 +152,7 @@ class Daemon:
               lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(monitoring, server)),
              (training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
               lambda server: training_pb2_grpc.add_TrainingServiceServicer_to_server(training, server))],
+            interceptors=[TokenAuth(read_token, admin_token, self.metrics)] if admin_token else [],
         )
         self.http = HttpServer(settings.api, self.metrics, self.readiness)
         self.monitor = BackendMonitor(

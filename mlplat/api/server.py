@@ -24,9 +24,11 @@ class ApiServer:
     name = "api"
 
     def __init__(
-        self, settings: ApiSettings, readiness: Readiness, registrars: Sequence[tuple[str, Registrar]]
+        self, settings: ApiSettings, readiness: Readiness, registrars: Sequence[tuple[str, Registrar]],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self._settings = settings
+        self._interceptors = list(interceptors)
         self._readiness = readiness
         self._registrars = list(registrars)
         self._server: grpc.aio.Server | None = None
@@ -37,6 +39,7 @@ class ApiServer:
     async def start(self) -> None:
         limit = self._settings.max_message_mb * 1024 * 1024
         server = grpc.aio.server(
+            interceptors=self._interceptors,
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)],
         )
@@ -47,8 +50,15 @@ class ApiServer:
             names.append(full_name)
         reflection.enable_server_reflection(names, server)
         address = f"{self._settings.host}:{self._settings.grpc_port}"
+        tls = self._settings.tls()
         try:
-            self.port = server.add_insecure_port(address)
+            if tls is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                chain, key, client_ca = tls
+                credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                                          require_client_auth=client_ca is not None)
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as e:
             raise OSError(f"api: cannot listen on {address}: {e}") from None
         if self.port == 0:
@@ -59,7 +69,9 @@ class ApiServer:
         if self._changed is None:  # before our own "started" mark, so none is missed; once per daemon
             self._changed = self._readiness.changed()
         await self._mirror_readiness()
-        log.info("grpc_listening", address=f"{self._settings.host}:{self.port}")
+        log.info("grpc_listening", address=f"{self._settings.host}:{self.port}",
+                 tls="mutual" if tls and tls[2] else ("on" if tls else "off"),
+                 tokens=any(self._settings.tokens()))
 
     async def _mirror_readiness(self) -> None:
         status = (

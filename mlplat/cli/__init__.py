@@ -121,7 +121,7 @@ def config_show(
     data = settings.model_dump(mode="json")
     for section in data.values():
         for key, value in list(section.items()):
-            if key in ("password", "connection_string") and value is not None:
+            if key in ("password", "connection_string", "read_token", "admin_token") and value is not None:
                 section[key] = "***"
             elif key == "url" and isinstance(value, str):
                 section[key] = redact_url(value)
@@ -142,11 +142,38 @@ def version() -> None:
 
 
 @app.callback()
-def _quiet_logs() -> None:
-    # commands other than `run` log warnings only; `run` reconfigures from its settings
-    from mlplat.observability.logging import configure_logging
+def _connection(
+    token_file: Annotated[Path | None, typer.Option(
+        envvar="MLPLAT_TOKEN_FILE", help="File holding the API token (read or admin) of a daemon that needs one; "
+        "or set MLPLAT_TOKEN.", dir_okay=False)] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        envvar="MLPLAT_TLS_CA", help="PEM CA bundle: talk TLS to the daemon and trust certificates it signed.",
+        dir_okay=False)] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        envvar="MLPLAT_TLS_CERT", help="PEM client certificate, for a daemon that requires one (mutual TLS).",
+        dir_okay=False)] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        envvar="MLPLAT_TLS_KEY", help="PEM private key of --tls-cert.", dir_okay=False)] = None,
+) -> None:
+    """How client commands reach the daemon. Commands other than `run` log warnings only; `run` reconfigures
+    logging from its settings."""
+    import os
+
+    from mlplat.cli.client import CONNECTION, ClientError
+    from mlplat.observability.logging import configure_logging, register_secret
 
     configure_logging("warning")
+    token = os.environ.get("MLPLAT_TOKEN")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise ClientError(f"cannot read --token-file {str(token_file)!r}: {e.strerror}") from None
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    register_secret(token)
+    CONNECTION.token, CONNECTION.tls_ca, CONNECTION.tls_cert, CONNECTION.tls_key = token or None, tls_ca, tls_cert, \
+        tls_key
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
@@ -25,9 +27,79 @@ class ClientError(MlplatError):
     """The daemon answered with an error, or could not be reached."""
 
 
+@dataclass
+class Connection:
+    """How commands reach the daemon: set once by the top-level options (`mlplat --token-file ... CMD`)."""
+
+    token: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+CONNECTION = Connection()
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to every call (over TLS or, on loopback, plaintext)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression)
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+@dataclass(frozen=True)
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ClientError(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
+
+
+def _open_channel(target: str) -> grpc.Channel:
+    c = CONNECTION
+    if c.tls_ca is None and c.tls_cert is None:
+        ch = grpc.insecure_channel(target)
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=_read(c.tls_ca, "--tls-ca"),
+                                                   private_key=_read(c.tls_key, "--tls-key"),
+                                                   certificate_chain=_read(c.tls_cert, "--tls-cert"))
+        ch = grpc.secure_channel(target, credentials)
+    return grpc.intercept_channel(ch, _BearerToken(c.token)) if c.token else ch
+
+
 @contextmanager
 def channel(target: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(target) as ch:
+    with _open_channel(target) as ch:
         try:
             grpc.channel_ready_future(ch).result(timeout=5)
         except grpc.FutureTimeoutError:

@@ -169,6 +169,9 @@ class Metrics:
         self.grpc_requests = Counter(
             "mlplat_grpc_requests", "gRPC calls handled.", ["method", "code"], registry=r
         )
+        self.auth_failures = Counter(
+            "mlplat_auth_failures", "gRPC calls refused for a missing, wrong or too weak token.", ["method", "code"],
+            registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
