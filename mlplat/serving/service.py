@@ -40,6 +40,7 @@ from mlplat.serving.registry import (
     SWAP_CHANNEL,
     ModelRegistry,
     ModelVersion,
+    RegistryError,
     fetch_verified,
     production_from_hot_store,
 )
@@ -250,6 +251,12 @@ class ModelServing:
             return True
 
     async def _load(self, mv: ModelVersion) -> ServedVersion:
+        if self._registry is not None:  # the warehouse owner checks the pointer against the source of truth
+            recorded = await self._registry.get(mv.model, mv.version)
+            if (recorded.sha256, recorded.artifact_key, recorded.flavour) != (mv.sha256, mv.artifact_key, mv.flavour):
+                raise RegistryError(f"{mv.model} version {mv.version}: the production pointer in the hot store "
+                                    f"names artifact {mv.artifact_key} (sha256 {mv.sha256[:12]}) but the registry "
+                                    f"recorded {recorded.artifact_key} (sha256 {recorded.sha256[:12]}); not loaded")
         data = await fetch_verified(self._artifacts, mv)
         predictor, probe_ms = await self._balancer.run(_loaded, mv, data, priority=Priority.SERVE, lane=Lane.THREAD)
         served = ServedVersion(mv, predictor, probe_ms, self._balancer, self._settings, self._metrics)

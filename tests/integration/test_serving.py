@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,8 @@ from mlplat.api.v1 import models_pb2, models_pb2_grpc
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
 from mlplat.features.online import write_latest
-from mlplat.serving.flavours import load_model
+from mlplat.serving.flavours import load_model, sha256_of
+from mlplat.serving.registry import PRODUCTION_KEY
 from tests.models import FEATURES, logistic_bytes, tree_bytes
 
 ROW = {"clicks_1h": 40, "spend_1h": 75.5, "session_minutes": 12.0, "is_premium": True}
@@ -212,6 +214,19 @@ async def test_a_swap_under_load_fails_no_request_and_a_tampered_version_is_neve
     answer = await predict.Predict(models_pb2.PredictRequest(model="churn", features=struct(ROW)))
     assert answer.version == 2
     assert daemon.metrics.model_load_failures.labels("churn")._value.get() >= 1
+
+    # a changed hash record: the hot store's pointer rewritten to name other (self-consistent) bytes
+    failures_before = daemon.metrics.model_load_failures.labels("churn")._value.get()
+    forged_bytes = tree_bytes(depth=1)
+    forged_key = f"models/sha256/{sha256_of(forged_bytes)}.skops"
+    await daemon.artifacts.put(forged_key, forged_bytes)
+    v4 = await daemon.registry.register("churn", tree_bytes(depth=5), "sklearn", mv3.features)
+    forged = dataclasses.replace(v4, stage="production", sha256=sha256_of(forged_bytes), artifact_key=forged_key)
+    await daemon.hot_store.hset(PRODUCTION_KEY, {"churn": forged.to_json()})
+    await daemon.serving.reconcile()
+    answer = await predict.Predict(models_pb2.PredictRequest(model="churn", features=struct(ROW)))
+    assert answer.version == 2
+    assert daemon.metrics.model_load_failures.labels("churn")._value.get() == failures_before + 1
 
 
 async def test_registering_over_grpc_refuses_what_cannot_be_served(channel: grpc.aio.Channel) -> None:
