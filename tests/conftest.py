@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from tests.secrets import leaked_in
 from tests.servers import (
     ServerProcess,
     azurite_connection_string,
@@ -68,3 +71,37 @@ def azure_connection_string(azurite_server: ServerProcess) -> str:
     if azurite_server.proc is None:
         azurite_server.start()
     return azurite_connection_string(azurite_server.port)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test whose captured output (stdout, stderr, log of setup, call and teardown) holds a secret used in
+    tests errors at teardown, where every section is at hand."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if call.when != "teardown":
+        return
+    leaked = leaked_in("".join(content for _, content in report.sections))
+    if leaked and report.outcome == "passed":
+        report.outcome = "failed"
+        report.longrepr = f"a secret reached the captured output: {', '.join(leaked)} of tests/secrets.py"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every log file the tests left behind (daemons run as subprocesses log to files) is secret-free."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except (OSError, ValueError):
+        return
+    found = []
+    for path in base.rglob("*.log"):
+        with contextlib.suppress(OSError):
+            leaked = leaked_in(path.read_text(errors="replace"))
+            if leaked:
+                found.append(f"{path}: {', '.join(leaked)}")
+    if found:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nsecrets reached log files:\n  " + "\n  ".join(found), file=sys.stderr)

@@ -13,11 +13,12 @@ import pytest
 from mlplat.backends.artifacts import azure as azure_store
 from mlplat.backends.artifacts import open_artifact_store
 from mlplat.errors import BackendUnavailable, ConfigError
+from tests.secrets import SAS_SIGNATURE
 from tests.servers import AZURITE_KEY, ServerProcess, azurite_connection_string, free_port
 
 pytestmark = pytest.mark.integration
 
-SAS_SIG = "c2VjcmV0LXNpZ25hdHVyZS1kby1ub3Qtc2hvdw%3D%3D"
+SAS_SIG = SAS_SIGNATURE
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:

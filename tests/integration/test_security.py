@@ -21,8 +21,9 @@ from mlplat.daemon import Daemon
 from mlplat.errors import ConfigError
 from tests.e2e.test_daemon import MLPLAT, start_daemon
 from tests.integration.test_serving import daemon_settings
+from tests.secrets import ADMIN_TOKEN, READ_TOKEN
 
-READ, ADMIN = "read-6f1c2a9e7d", "admin-9b3e44c1f0"
+READ, ADMIN = READ_TOKEN, ADMIN_TOKEN
 
 
 @dataclass(frozen=True)
