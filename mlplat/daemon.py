@@ -102,7 +102,8 @@ class Daemon:
         self.features = FeatureRegistry(self.warehouse, self.hot_store)
         self.ingest = StreamIngest(settings.ingest, self.bus, self.hot_store, self.warehouse, self.features,
                                    self.balancer, self.metrics)
-        admin = AdminServicer(self.warehouse, self.readiness, self.metrics, self.backends)
+        admin = AdminServicer(self.warehouse, self.readiness, self.metrics, self.backends,
+                              max_message_bytes=settings.api.max_message_mb << 20)
         self.batch = BatchIngest(
             self.warehouse, self.hot_store, self.features, self.balancer, self.metrics,
             partition_bytes=settings.ingest.partition_bytes, parallel=settings.ingest.upload_parallel,

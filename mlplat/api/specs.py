@@ -19,7 +19,10 @@ def _whole_numbers(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_from_message(message: training_pb2.ModelSpec) -> ModelSpec:
-    raw = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    try:
+        raw = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    except json_format.Error as e:  # e.g. Infinity or NaN in params: no hyper-parameter takes them
+        raise ValueError(f"model spec {message.name!r}: {e}") from None
     raw["params"] = _whole_numbers(raw.get("params", {}))
     for key in ("seed", "min_rows", "drift_min_samples"):  # int64 travels as a JSON string
         if key in raw:

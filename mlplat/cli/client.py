@@ -87,13 +87,14 @@ def _read(path: Path | None, what: str) -> bytes | None:
 
 def _open_channel(target: str) -> grpc.Channel:
     c = CONNECTION
+    options = [("grpc.max_receive_message_length", 1 << 30)]  # the daemon keeps to its own api.max_message_mb
     if c.tls_ca is None and c.tls_cert is None:
-        ch = grpc.insecure_channel(target)
+        ch = grpc.insecure_channel(target, options=options)
     else:
         credentials = grpc.ssl_channel_credentials(root_certificates=_read(c.tls_ca, "--tls-ca"),
                                                    private_key=_read(c.tls_key, "--tls-key"),
                                                    certificate_chain=_read(c.tls_cert, "--tls-cert"))
-        ch = grpc.secure_channel(target, credentials)
+        ch = grpc.secure_channel(target, credentials, options=options)
     return grpc.intercept_channel(ch, _BearerToken(c.token)) if c.token else ch
 
 

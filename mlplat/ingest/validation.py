@@ -166,6 +166,17 @@ def _coerce(feature: Feature, values: list[Any]) -> tuple[pa.Array, np.ndarray]:
         wrong = v is not None and (not isinstance(v, accepted) or (feature.type != "bool" and isinstance(v, bool)))
         if not wrong and feature.type == "int" and isinstance(v, int) and not -(2**63) <= v < 2**63:
             wrong = True
+        if not wrong and feature.type == "float" and isinstance(v, int) and not isinstance(v, bool):
+            # a JSON number is a double: an integer beyond 2**53 is taken at its nearest double, as JSON
+            # parsers do (Arrow refuses the inexact conversion); one beyond the double range is wrong
+            try:
+                as_float = float(v)
+            except OverflowError:
+                wrong = True
+            else:
+                if clean is values:
+                    clean = list(values)
+                clean[i] = as_float
         if wrong:
             if clean is values:
                 clean = list(values)

@@ -66,6 +66,15 @@ def test_each_kind_of_bad_record_is_a_dead_letter(payload: bytes, code: str) -> 
     assert dead.code == code and dead.payload == payload and dead.index == 0
 
 
+def test_an_integer_for_a_float_beyond_double_precision_is_taken_as_its_nearest_double() -> None:
+    """Found by the fuzzing: Arrow refused 2**53 + 1 for a float column and the whole batch failed."""
+    events = [ev(event_id="a", x=2**53 + 1), ev(event_id="b", x=2**63 - 1), ev(event_id="c", x=1.5),
+              ev(event_id="d", x=10**400)]  # beyond 64 bits the JSON parser itself refuses the number
+    batch = validate_events(FS, "user_id", events, NOW)
+    assert batch.rows.column("x").to_pylist() == [float(2**53), float(2**63), 1.5]
+    assert [(d.index, d.code) for d in batch.dead] == [(3, "invalid_json")]
+
+
 def test_duplicate_event_ids_keep_the_first() -> None:
     """Within a batch the first event with an id wins; the others are dead letters."""
     batch = validate_events(FS, "user_id", [ev(x=1.0), ev(x=2.0)], NOW)
