@@ -27,7 +27,7 @@ from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
 from mlplat.compute.jobs import Cost, Lane, Priority
 from mlplat.config import ServingSettings
-from mlplat.errors import BackendError, MlplatError, NotFound
+from mlplat.errors import BackendError, BackendUnavailable, MlplatError, NotFound
 from mlplat.features.online import read_online
 from mlplat.features.registry import FeatureRegistry
 from mlplat.observability.logging import get_logger
@@ -147,6 +147,10 @@ def build_row(mv: ModelVersion, given: Mapping[str, Any], online: Mapping[str, A
     return row
 
 
+RETRY_INITIAL_S = 1.0
+RETRY_MAX_S = 60.0
+
+
 class ModelServing:
     name = "serving"
 
@@ -167,6 +171,8 @@ class ModelServing:
         self._served: dict[str, ServedVersion] = {}
         self._pinned: OrderedDict[tuple[str, int], ServedVersion] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        # versions whose artifact store was unreachable: (next attempt, delay), doubled per failure
+        self._retry_at: dict[tuple[str, int], tuple[float, float]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -193,14 +199,22 @@ class ModelServing:
     # -- swaps ----------------------------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Load whatever production version the hot store names that this daemon does not serve yet."""
+        """Load whatever production version the hot store names that this daemon does not serve yet; a version
+        waiting for an unreachable artifact store is tried again when its backoff says so."""
         pointers = production_from_hot_store(await self._hot_store.hgetall(PRODUCTION_KEY))
+        now = time.monotonic()
         for mv in pointers.values():
-            await self.swap_to(mv)
+            retry = self._retry_at.get((mv.model, mv.version))
+            if retry is None or now >= retry[0]:
+                await self.swap_to(mv)
+
+    def _next_reconcile_s(self) -> float:
+        due = [at for at, _ in self._retry_at.values()]
+        return max(0.05, min([self._settings.reconcile_s, *(at - time.monotonic() for at in due)]))
 
     async def _reconcile_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.reconcile_s)
+            await asyncio.sleep(self._next_reconcile_s())
             try:
                 await self.reconcile()
             except BackendError as e:
@@ -235,11 +249,20 @@ class ModelServing:
                 return True
             try:
                 fresh = await self._load(mv)
+            except BackendUnavailable as e:  # the artifact store is unreachable: keep serving, retry later
+                self._metrics.model_load_failures.labels(mv.model).inc()
+                _, delay = self._retry_at.get((mv.model, mv.version), (0.0, RETRY_INITIAL_S / 2))
+                delay = min(delay * 2, RETRY_MAX_S)
+                self._retry_at[(mv.model, mv.version)] = (time.monotonic() + delay, delay)
+                log.warning("model_swap_waiting", model=mv.model, version=mv.version, error=str(e),
+                            retry_in_s=round(delay, 1), serving=current.mv.version if current else None)
+                return False
             except (MlplatError, ValueError) as e:
                 self._metrics.model_load_failures.labels(mv.model).inc()
                 log.error("model_load_failed", model=mv.model, version=mv.version, error=str(e),
                           serving=current.mv.version if current else None)
                 return False
+            self._retry_at = {k: v for k, v in self._retry_at.items() if k[0] != mv.model}
             self._served[mv.model] = fresh  # from here new requests go to the new version
             self._metrics.model_swaps.labels(mv.model).inc()
             self._metrics.model_version_info.labels(mv.model, str(mv.version), "production").set(1)
@@ -250,13 +273,26 @@ class ModelServing:
                 await current.batcher.close()  # what it already queued is answered by the old version
             return True
 
+    async def _check_pointer(self, mv: ModelVersion) -> None:
+        """Where this daemon's registry holds the model, the pointer must match what it recorded. A model this
+        registry does not know belongs to another daemon sharing the hot store: its owner checked it."""
+        if self._registry is None:
+            return
+        try:
+            known = await self._registry.versions(mv.model)
+        except NotFound:
+            return
+        recorded = next((v for v in known if v.version == mv.version), None)
+        if recorded is None:
+            raise RegistryError(f"{mv.model} version {mv.version}: the production pointer in the hot store names "
+                                "a version the registry does not have; not loaded")
+        if (recorded.sha256, recorded.artifact_key, recorded.flavour) != (mv.sha256, mv.artifact_key, mv.flavour):
+            raise RegistryError(f"{mv.model} version {mv.version}: the production pointer in the hot store names "
+                                f"artifact {mv.artifact_key} (sha256 {mv.sha256[:12]}) but the registry recorded "
+                                f"{recorded.artifact_key} (sha256 {recorded.sha256[:12]}); not loaded")
+
     async def _load(self, mv: ModelVersion) -> ServedVersion:
-        if self._registry is not None:  # the warehouse owner checks the pointer against the source of truth
-            recorded = await self._registry.get(mv.model, mv.version)
-            if (recorded.sha256, recorded.artifact_key, recorded.flavour) != (mv.sha256, mv.artifact_key, mv.flavour):
-                raise RegistryError(f"{mv.model} version {mv.version}: the production pointer in the hot store "
-                                    f"names artifact {mv.artifact_key} (sha256 {mv.sha256[:12]}) but the registry "
-                                    f"recorded {recorded.artifact_key} (sha256 {recorded.sha256[:12]}); not loaded")
+        await self._check_pointer(mv)
         data = await fetch_verified(self._artifacts, mv)
         predictor, probe_ms = await self._balancer.run(_loaded, mv, data, priority=Priority.SERVE, lane=Lane.THREAD)
         served = ServedVersion(mv, predictor, probe_ms, self._balancer, self._settings, self._metrics)

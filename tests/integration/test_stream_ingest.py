@@ -90,21 +90,26 @@ BAD = [
 ]
 
 
+async def caught_up(h: Harness, ingest: StreamIngest, topic: str, limit_s: float = 60) -> None:
+    """Wait until every partition's committed offset reaches the end of the log (ingest runs elsewhere)."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    tps = [TopicPartition(topic, p) for p in range(h.settings.partitions)]
+    while True:
+        ends = await h.bus.end_offsets(tps)
+        assert ingest._consumer is not None
+        committed = [await ingest._consumer.committed(tp) or 0 for tp in tps]
+        if all(c >= ends[tp] for c, tp in zip(committed, tps, strict=True)):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"ingest did not catch up: committed {committed}, ends {ends}")
+        await asyncio.sleep(0.1)
+
+
 async def run_until_caught_up(h: Harness, ingest: StreamIngest, topic: str, limit_s: float = 60) -> None:
     """Run the ingest loop until every partition's committed offset reaches the end of the log."""
     task = asyncio.create_task(ingest.run())
     try:
-        deadline = asyncio.get_running_loop().time() + limit_s
-        tps = [TopicPartition(topic, p) for p in range(h.settings.partitions)]
-        while True:
-            ends = await h.bus.end_offsets(tps)
-            assert ingest._consumer is not None
-            committed = [await ingest._consumer.committed(tp) or 0 for tp in tps]
-            if all(c >= ends[tp] for c, tp in zip(committed, tps, strict=True)):
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"ingest did not catch up: committed {committed}, ends {ends}")
-            await asyncio.sleep(0.1)
+        await caught_up(h, ingest, topic, limit_s)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -249,3 +254,48 @@ async def test_a_lagging_warehouse_pauses_consumption(harness: Harness) -> None:
     finally:
         await restarted.stop()
     assert await h.count(f'SELECT count(*) FROM "{fs.table}"') == len(many)
+
+
+async def test_a_failing_disk_is_reported_commits_no_offset_and_loses_nothing(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The warehouse cannot write (injected at the DuckDB connection: disk full): every failed group is
+    logged as an error, no offset is committed while it lasts, and once the disk is back every event lands
+    exactly once."""
+    import duckdb
+
+    from mlplat.warehouse.writer import WriterConnection
+
+    h = harness
+    topic = await publish(h, GOOD)
+    disk_full = True
+    apply = WriterConnection.apply
+
+    def failing_apply(self: WriterConnection, commands: Any) -> list[int]:
+        if disk_full:
+            raise duckdb.IOException('IO Error: Could not write file "w.duckdb": No space left on device')
+        return apply(self, commands)
+
+    monkeypatch.setattr(WriterConnection, "apply", failing_apply)
+    ingest = h.ingest()
+    await ingest.start()
+    try:
+        task = asyncio.create_task(ingest.run())
+        tps = [TopicPartition(topic, p) for p in range(h.settings.partitions)]
+        await asyncio.sleep(3.0)
+        assert ingest._consumer is not None
+        assert [await ingest._consumer.committed(tp) or 0 for tp in tps] == [0] * len(tps)  # nothing committed
+        assert h.metrics.warehouse_commits.labels("failed")._value.get() >= 2
+        disk_full = False  # the disk is back: the same loop, backing off, takes the same events again
+        try:
+            await caught_up(h, ingest, topic)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        await ingest.stop()
+    fs = next(iter(h.registry.feature_sets.values()))
+    assert await h.count(f'SELECT count(*) FROM "{fs.table}"') == len(GOOD)
+    assert await h.count(f'SELECT count(DISTINCT event_id) FROM "{fs.table}"') == len(GOOD)
+    logged = capsys.readouterr().out
+    assert "write_failed" in logged and "No space left on device" in logged and "ingest_batch_failed" in logged

@@ -106,3 +106,10 @@ def test_warehouse_path_from_url() -> None:
     assert load_settings(warehouse={"url": "duckdb://./x/w.duckdb"}).warehouse.path == "./x/w.duckdb"
     assert load_settings(warehouse={"url": "duckdb:///var/w.duckdb"}).warehouse.path == "/var/w.duckdb"
     assert load_settings(warehouse={"url": "duckdb://:memory:"}).warehouse.path == ":memory:"
+
+
+def test_every_listener_binds_to_loopback_and_the_api_is_open_only_without_tokens() -> None:
+    """gRPC, /metrics and health listen on 127.0.0.1 unless configured; no token configured: an open API."""
+    settings = load_settings()
+    assert (settings.api.host, settings.api.http_host) == ("127.0.0.1", "127.0.0.1")
+    assert settings.api.tokens() == (None, None) and settings.api.tls() is None
