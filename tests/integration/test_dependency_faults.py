@@ -1,5 +1,5 @@
 """Dependencies failing under load, with counts in the assertions: the artifact store unreachable (Azurite
-stopped) while clients predict and a promotion is asked for."""
+stopped) while clients predict and a promotion is asked for; Redis stopped under prediction load."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from mlplat.daemon import Daemon
 from tests.integration.test_serving import daemon_settings
 from tests.models import FEATURES, logistic_bytes, tree_bytes
-from tests.servers import ServerProcess, azurite_connection_string, start_azurite
+from tests.servers import ServerProcess, azurite_connection_string, start_azurite, start_redis
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -67,5 +67,65 @@ async def test_an_unreachable_artifact_store_stops_no_prediction_and_a_promotion
         await asyncio.gather(*clients)
         assert failed == [] and len(answered) > 200
         assert answered[0] == 1 and answered[-1] == 2
+    finally:
+        await daemon.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_redis(tmp_path_factory.mktemp("redis-faults"))
+    yield server
+    server.stop()
+
+
+async def test_redis_stopped_under_load_fails_no_prediction_and_the_daemon_reconnects(
+        tmp_path: Path, own_redis: ServerProcess) -> None:
+    """Requests carrying their features and requests naming an entity (online features from the hot store,
+    else the warehouse) keep succeeding while Redis is down; readiness reports it, and comes back by itself."""
+    daemon = Daemon(daemon_settings(tmp_path, hot_store={"url": f"redis://127.0.0.1:{own_redis.port}/0"},
+                                    supervisor={"health_interval_s": 0.2}))
+    await daemon.start()
+    try:
+        events = tmp_path / "users.ndjson"
+        events.write_text("\n".join(
+            f'{{"event_id": "u{i}", "user_id": "user_{i}", "event_time": "2026-06-01T00:00:00Z", "clicks_1h": {i}, '
+            f'"spend_1h": 1.5, "session_minutes": 3.0, "country": "de", "is_premium": false}}' for i in range(20)))
+        await daemon.batch.ingest_file(events, "user_activity", upload_id="users")
+        v1 = await daemon.registry.register("churn", tree_bytes(), "sklearn", FEATURES, feature_set="user_activity")
+        await daemon.serving.swap_to(await daemon.registry.promote("churn", v1.version))
+        answered = {"features": 0, "entity": 0}
+        failed: list[Exception] = []
+        stop = asyncio.Event()
+
+        async def client(by_entity: bool) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    if by_entity:
+                        await daemon.serving.predict("churn", {}, entity_id=f"user_{i % 20}")
+                    else:
+                        await daemon.serving.predict("churn", ROW)
+                    answered["entity" if by_entity else "features"] += 1
+                except Exception as e:  # every failure is counted, whatever it is
+                    failed.append(e)
+                await asyncio.sleep(0.002)
+
+        clients = [asyncio.create_task(client(by_entity)) for by_entity in (False, True, False, True)]
+        await asyncio.sleep(0.5)
+        before = dict(answered)
+        await asyncio.to_thread(own_redis.stop)
+        await until(lambda: not daemon.readiness.ready, "readiness reports the lost hot store", limit_s=20)
+        await asyncio.sleep(2.0)
+        during = {k: answered[k] - before[k] for k in answered}
+        await asyncio.to_thread(own_redis.start)
+        await until(lambda: daemon.readiness.ready, "readiness back by itself", limit_s=60)
+        after = dict(answered)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*clients)
+        assert failed == [], failed[:3]
+        assert during["features"] > 50 and during["entity"] > 50  # both kinds kept being answered
+        assert answered["entity"] > after["entity"]
     finally:
         await daemon.stop()
