@@ -40,10 +40,6 @@ READ_METHODS = frozenset({
 })
 
 
-def is_read_method(method: str) -> bool:
-    return method in READ_METHODS
-
-
 def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     for key, value in metadata or ():
         if key.lower() == "authorization":
@@ -91,7 +87,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         token = _bearer(handler_call_details.invocation_metadata)
-        read = is_read_method(method)
+        read = method in READ_METHODS
         if token is None:
             return self._refuse(handler, method, grpc.StatusCode.UNAUTHENTICATED,
                                 "this mlplat needs a token: send `authorization: Bearer <token>` "

@@ -38,9 +38,9 @@ class Decision:
     reason: str
 
 
-def decide(spec: ModelSpec, result: FitResult, production: ModelVersion | None, holdout_rows: int) -> Decision:
+def decide(spec: ModelSpec, result: FitResult, production: ModelVersion | None) -> Decision:
     """The promotion policy: auto promotes a version that beats production on the same holdout by the margin."""
-    metrics = result.metrics
+    metrics, holdout_rows = result.metrics, result.rows_holdout
     default = "auc" if "auc" in metrics else ("accuracy" if "accuracy" in metrics else "rmse")
     metric = spec.promote_metric or default
     new = metrics.get(metric)
@@ -117,7 +117,7 @@ class Trainer:
             reason=f"{job.trigger}: {job.reason}" if job.reason else job.trigger,
             exports={"onnx": result.onnx} if result.onnx else None)
         await job.emit("registered", 0.9, f"{spec.name} v{mv.version} in staging", version=mv.version)
-        decision = decide(spec, result, production, result.rows_holdout)
+        decision = decide(spec, result, production)
         details = {"job": job.id, "metrics": result.metrics, "production_metrics": result.incumbent_metrics}
         if decision.promote:
             promoted = await self._registry.promote(spec.name, mv.version, actor="automation", reason=decision.reason)

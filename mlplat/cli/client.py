@@ -48,10 +48,8 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         self._header = ("authorization", f"Bearer {token}")
 
     def _with_token(self, details: Any) -> Any:
-        metadata = [*(details.metadata or ()), self._header]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
-            details.compression)
+        """grpc hands the call details as a namedtuple: a copy with one more metadata pair."""
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return continuation(self._with_token(details), request)
@@ -64,16 +62,6 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
         return continuation(self._with_token(details), requests)
-
-
-@dataclass(frozen=True)
-class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: bool | None
-    compression: Any
 
 
 def _read(path: Path | None, what: str) -> bytes | None:

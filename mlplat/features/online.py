@@ -7,8 +7,6 @@ misses the hot store, or finds it down, is answered from the warehouse: slower, 
 
 from __future__ import annotations
 
-import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,24 +72,16 @@ async def write_latest(store: HotStore, fs: FeatureSet, rows: pa.Table) -> int:
     return written
 
 
-# a hot store that just failed is skipped for this long: requests go straight to the warehouse instead of
-# each paying for a connection attempt (the backend monitor's pings notice when it is back)
-SKIP_FAILED_STORE_S = 1.0
-_skip_until: weakref.WeakKeyDictionary[HotStore, float] = weakref.WeakKeyDictionary()
-
-
 async def read_online(
     store: HotStore, warehouse: Warehouse, fs: FeatureSet, entity_ids: Sequence[str]
 ) -> dict[str, dict[str, Any] | None]:
     """Latest features per entity (None when the entity is unknown); hot store first, warehouse for misses."""
     found: dict[str, dict[str, Any] | None] = {}
-    docs: list[bytes | None] = [None] * len(entity_ids)
-    if time.monotonic() >= _skip_until.get(store, 0.0):
-        try:
-            docs = await store.mget([online_key(fs, e) for e in entity_ids])
-        except BackendError as e:
-            _skip_until[store] = time.monotonic() + SKIP_FAILED_STORE_S
-            log.warning("online_read_fallback", feature_set=fs.name, reason=str(e), skip_s=SKIP_FAILED_STORE_S)
+    try:
+        docs = await store.mget([online_key(fs, e) for e in entity_ids])
+    except BackendError as e:  # an unreachable Redis fails fast (backends/hotstore/redis.py): no wait here
+        log.warning("online_read_fallback", feature_set=fs.name, reason=str(e))
+        docs = [None] * len(entity_ids)
     missing = []
     for entity, doc in zip(entity_ids, docs, strict=True):
         if doc is None:

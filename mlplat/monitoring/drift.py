@@ -177,7 +177,7 @@ class DriftMonitor:
         except _NoVerdict as e:
             drift.reason = str(e)
         else:
-            await self._judge(drift, mv, reference, reference_scores, current, scores, start, start + width)
+            await self._judge(drift, mv, reference, reference_scores, current, scores, start, start + width, now)
         await self._store(drift, start, start + width, now)
         crossed = [f"{v.feature}:{v.statistic}" + (" (ingested)" if v.source == "ingest" else "")
                    for v in drift.values if v.crossed]
@@ -232,7 +232,8 @@ class DriftMonitor:
         return flat.reshape(table.num_rows, len(mv.features)), table["score"].to_numpy()
 
     async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: np.ndarray, reference_scores: np.ndarray,
-                     current: np.ndarray, scores: np.ndarray, start: dt.datetime, end: dt.datetime) -> None:
+                     current: np.ndarray, scores: np.ndarray, start: dt.datetime, end: dt.datetime,
+                     now: dt.datetime) -> None:
         bins = self._settings.bins
         cost = _cost(len(reference) + len(current), len(mv.features))
         per_feature = await self._balancer.run(compare, reference, current, mv.feature_names, bins,
@@ -245,8 +246,7 @@ class DriftMonitor:
             self._add(drift, await self._balancer.run(compare, reference, ingested, mv.feature_names, bins,
                                                       priority=Priority.MONITOR, cost=cost), "ingest")
         # labels describe moments but arrive label_delay_s later: newer predictions cannot be judged yet
-        judged_until = min(end, dt.datetime.fromisoformat(drift.computed_at)
-                           - dt.timedelta(seconds=self._settings.label_delay_s))
+        judged_until = min(end, now - dt.timedelta(seconds=self._settings.label_delay_s))
         await self._performance(drift, mv, start, judged_until)
 
     def _add(self, drift: ModelDrift, results: list[tuple[str, dict[str, float] | str, int, int]],

@@ -222,13 +222,16 @@ class ModelRegistry:
     async def promote(self, name: str, version: int, *, actor: str = "user", reason: str = "promoted") -> ModelVersion:
         """Make version the production one (the previous production version is archived), then announce it."""
         async with self._lock:
-            target = await self.get(name, version)
+            versions = await self.versions(name)
+            target = next((v for v in versions if v.version == version), None)
+            if target is None:
+                raise NotFound(f"model {name!r} has no version {version}")
             if target.stage == "production":
                 return target
             if target.artifacts_deleted_at:
                 raise RegistryError(f"{name} version {version} cannot be promoted: lifecycle rules deleted its "
                                     f"artifact at {target.artifacts_deleted_at}")
-            previous = next((v.version for v in await self.versions(name) if v.stage == "production"), None)
+            previous = next((v.version for v in versions if v.stage == "production"), None)
             await self._warehouse.write(SqlWrite(
                 "UPDATE model_versions SET stage = CASE WHEN version = ? THEN 'production' ELSE 'archived' END, "
                 "stage_changed_at = now() WHERE model = ? AND (version = ? OR stage = 'production')",

@@ -48,7 +48,7 @@ PRODUCTION = ModelVersion("churn", 3, "production", "sklearn", "0" * 64, "k", FE
 def test_the_promotion_policy_compares_on_the_same_holdout(policy: dict[str, object], fit: FitResult,
                                                           production: ModelVersion | None, promote: bool,
                                                           says: str) -> None:
-    decision = decide(spec(**policy), fit, production, 20)
+    decision = decide(spec(**policy), fit, production)
     assert decision.promote is promote and says in decision.reason
 
 

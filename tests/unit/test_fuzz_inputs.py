@@ -29,6 +29,7 @@ from mlplat.warehouse.query_guard import check_query
 FS = load_catalog(DEMO_FEATURES).feature_sets["user_activity"]
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 FIELDS = ["event_id", "user_id", "event_time", *(f.name for f in FS.features)]
+CASES = {"events": 2500, "files": 1200, "queries": 2000, "names": 1500, "conditions": 1500}
 GUARD_CONNECTION = duckdb.connect(":memory:")  # the guard only parses: one connection serves every case
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -89,7 +90,7 @@ def _plausible(draw: st.DrawFn, name: str) -> Any:
     return draw(st.sampled_from([*(feature.allowed or ()), "zz"]))
 
 
-@settings(FUZZ, max_examples=2500)
+@settings(FUZZ, max_examples=CASES["events"])
 @given(st.lists(event(), min_size=1, max_size=12))
 def test_every_event_is_accepted_or_a_dead_letter_with_a_reason(payloads: list[bytes]) -> None:
     batch = validate_events(FS, "user_id", payloads, NOW)
@@ -119,7 +120,7 @@ def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return out
 
 
-@settings(FUZZ, max_examples=1200)
+@settings(FUZZ, max_examples=CASES["files"])
 @given(fmt=st.sampled_from(["ndjson", "json", "csv", "parquet"]), cut=st.floats(0, 1),
        flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=4),
        declared=st.sampled_from([None, "ndjson", "json", "csv", "parquet"]))
@@ -143,7 +144,7 @@ def test_a_truncated_or_damaged_file_is_a_clear_error_or_rows_and_dead_letters(
     assert all(letter.reason.partition(": ")[2] for batch in batches for letter in batch.dead)
 
 
-@settings(FUZZ, max_examples=2000)
+@settings(FUZZ, max_examples=CASES["queries"])
 @given(sql=st.one_of(
     st.text(max_size=200),
     st.sampled_from(["SELECT", "DROP TABLE", "ATTACH", "COPY", "PRAGMA", "INSTALL", "LOAD", "SET", "CALL",
@@ -163,7 +164,7 @@ def test_a_user_query_is_checked_or_refused_with_a_reason(sql: str) -> None:
     assert (checked is not None and checked.sql.strip()) or problem
 
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=CASES["names"])
 @given(name=st.text(max_size=70), feature=st.text(max_size=70),
        kind=st.sampled_from(["int", "float", "bool", "string", "timestamp", "decimal", "'; DROP TABLE x; --"]))
 def test_feature_and_set_names_are_identifiers_or_a_config_error(name: str, feature: str, kind: str) -> None:
@@ -180,7 +181,7 @@ def test_feature_and_set_names_are_identifiers_or_a_config_error(name: str, feat
             assert identifier.isascii() and identifier.replace("_", "").isalnum() and identifier[0].isalpha()
 
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=CASES["conditions"])
 @given(text=st.one_of(st.text(max_size=60), st.lists(
     st.tuples(st.sampled_from(["score", "Score", "x", "__import__('os')"]),
               st.sampled_from([">", "<", ">=", "<=", "==", "!=", "=>", "="]),
@@ -201,6 +202,5 @@ def test_the_generated_cases_add_up_to_more_than_ten_thousand() -> None:
     """The counts above (and the RPC fuzzing's) are what CI runs: keep them honest."""
     from tests.e2e.test_fuzz_rpc import RPC_CASES
 
-    here = 2500 + 1200 + 2000 + 1500 + 1500
-    assert here + RPC_CASES >= 10_000
+    assert sum(CASES.values()) + RPC_CASES >= 10_000
 

@@ -2,8 +2,10 @@
 
 Connection failures are retried with capped exponential backoff by redis-py itself, and every call has an
 overall deadline, so an outage surfaces within seconds as BackendUnavailable naming the URL without its
-password. The pool drops broken connections and opens new ones, so the same object works again once the
-server is back; nothing has to be rebuilt.
+password. Once it has, calls fail at once for FAIL_FAST_S instead of each paying for its own connection
+attempts (a request path falls back to the warehouse without waiting); ping() always tries, so health
+checks notice the server's return. The pool drops broken connections and opens new ones, so the same
+object works again once the server is back; nothing has to be rebuilt.
 
 Caveat inherited from Redis clients in general: a command whose connection breaks after it was sent is
 retried, so an INCR (or a pipeline holding one) can, rarely, be applied twice across an outage.
@@ -16,6 +18,7 @@ import contextlib
 import functools
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -41,6 +44,7 @@ CALL_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 1.0
 READ_TIMEOUT_S = 3.0
 RETRIES = 3
+FAIL_FAST_S = 1.0  # after a call found the server unreachable, others fail at once for this long
 SUBSCRIBE_POLL_S = 1.0
 """How often an idle subscription wakes, which is when redis-py sends its health-check PING."""
 SCAN_COUNT = 1000
@@ -69,18 +73,24 @@ class RedisHotStore:
             options["password"] = password
         self._client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
         self._closed = False
+        self._failing_fast: tuple[float, str] | None = None  # (until, why) after an unreachable server
 
     @property
     def url(self) -> str:
         return self._url
 
-    async def _call(self, command: Callable[[], Awaitable[T]], *, timeout_s: float = CALL_TIMEOUT_S) -> T:
+    async def _call(self, command: Callable[[], Awaitable[T]], *, timeout_s: float = CALL_TIMEOUT_S,
+                    probe: bool = False) -> T:
         """Run one command under the call deadline and translate redis-py's errors into mlplat's."""
         if self._closed:
             raise BackendUnavailable(f"hot store {self._url} is closed")
+        if self._failing_fast is not None and not probe:
+            until, why = self._failing_fast
+            if time.monotonic() < until:
+                raise BackendUnavailable(why)
         try:
             async with asyncio.timeout(timeout_s):  # cancelling a read makes redis-py drop that connection
-                return await command()
+                result = await command()
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:  # OSError covers asyncio's timeout
             if type(e) is TimeoutError:
                 reason = f"no answer within {timeout_s:g}s"
@@ -88,11 +98,15 @@ class RedisHotStore:
                 reason = f"authentication failed: {self._reason(e)}"
             else:
                 reason = self._reason(e)
-            raise BackendUnavailable(f"hot store {self._url} unreachable: {reason}") from None
+            why = f"hot store {self._url} unreachable: {reason}"
+            self._failing_fast = (time.monotonic() + FAIL_FAST_S, why)
+            raise BackendUnavailable(why) from None
         except ResponseError as e:
             raise self._command_error(e) from None
         except RedisError as e:
             raise BackendError(f"hot store {self._url}: {self._reason(e)}") from None
+        self._failing_fast = None
+        return result
 
     def _command_error(self, error: ResponseError) -> Exception:
         """The same exception types the memory backend raises for the same mistakes."""
@@ -113,7 +127,7 @@ class RedisHotStore:
         await self.ping()
 
     async def ping(self) -> None:
-        await self._call(self._client.ping)
+        await self._call(self._client.ping, probe=True)
 
     async def get(self, key: str) -> bytes | None:
         return _bytes(await self._call(functools.partial(self._client.get, key)))
@@ -210,17 +224,18 @@ class RedisHotStore:
         messages = _RedisMessages(self, pubsub)
         confirmed = False
         try:
-            await self._call(functools.partial(pubsub.subscribe, channel))
+            # a subscription holds its own connection and reconnects by itself: its calls always try
+            await self._call(functools.partial(pubsub.subscribe, channel), probe=True)
             # SUBSCRIBE and a later PUBLISH travel on different connections: only the server's confirmation
             # proves a publish made after we return will be delivered
-            await self._call(functools.partial(_await_reply, pubsub, "subscribe", channel))
+            await self._call(functools.partial(_await_reply, pubsub, "subscribe", channel), probe=True)
             confirmed = True
             yield messages
         finally:
             messages.end()
             if confirmed and not self._closed:
                 with contextlib.suppress(BackendError, RuntimeError):  # best effort: closing drops it anyway
-                    await self._call(functools.partial(_unsubscribe, pubsub, channel), timeout_s=2.0)
+                    await self._call(functools.partial(_unsubscribe, pubsub, channel), timeout_s=2.0, probe=True)
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
@@ -248,7 +263,7 @@ class _RedisMessages:
         poll = functools.partial(self._pubsub.get_message, timeout=SUBSCRIBE_POLL_S)
         while not self._ended.is_set():
             try:
-                message: dict[str, Any] | None = await self._store._call(poll)
+                message: dict[str, Any] | None = await self._store._call(poll, probe=True)
             except (BackendError, RuntimeError):
                 if self._ended.is_set():  # the subscription was closed under a reader in another task
                     break
