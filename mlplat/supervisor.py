@@ -99,24 +99,29 @@ class Supervisor:
                     await service.stop()
                 return
             restarts.append(now)
+            delay = await self._restart(service, delay)
+            self._metrics.service_restarts.labels(service.name).inc()
+            self._mark_up(service)
+            log.info("service_restarted", target=service.name, restarts_in_window=len(restarts))
+
+    async def _restart(self, service: Service, delay: float) -> float:
+        """Stop and start the service again, waiting `delay` first and twice as long after each failed start
+        (a dependency it needs is down: run() must not be called before start() succeeded). Returns the
+        next delay."""
+        while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._settings.restart_max_s)
-            if await self._restart(service):
-                self._metrics.service_restarts.labels(service.name).inc()
-                self._mark_up(service)
-                log.info("service_restarted", target=service.name, restarts_in_window=len(restarts))
-
-    async def _restart(self, service: Service) -> bool:
-        try:
-            await service.stop()
-        except Exception as e:
-            log.warning("service_stop_failed", target=service.name, error=str(e))
-        try:
-            await service.start()
-        except Exception as e:
-            log.error("service_start_failed", target=service.name, error=str(e))
-            return False
-        return True
+            try:
+                await service.stop()
+            except Exception as e:
+                log.warning("service_stop_failed", target=service.name, error=str(e))
+            try:
+                await service.start()
+            except Exception as e:
+                self._mark_down(service, f"restarting: {e}")
+                log.error("service_start_failed", target=service.name, error=str(e), retry_in_s=delay)
+                continue
+            return delay
 
     async def stop(self) -> bool:
         """Stop supervising and stop every service in reverse order. False if the deadline was missed."""

@@ -10,7 +10,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,16 +144,44 @@ def tansu_binary() -> str:
     return str(exe)
 
 
-def start_tansu(workdir: Path) -> ServerProcess:
+def start_tansu(workdir: Path, s3: ServerProcess | None = None) -> ServerProcess:
+    """Tansu keeping its log in memory (lost when it stops), or, given an S3 server, in a bucket there: a
+    broker that keeps its topics, records and committed offsets across a restart, as Kafka does on disk."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
+    env = {"RUST_LOG": "warn"}
+    storage = "memory://tansu/"
+    if s3 is not None:
+        bucket = f"tansu-{port}"
+        create_bucket(s3, bucket)
+        storage = f"s3://{bucket}/"
+        env |= {"AWS_ENDPOINT": f"http://127.0.0.1:{s3.port}", "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "tansu", "AWS_SECRET_ACCESS_KEY": "tansu", "AWS_DEFAULT_REGION": "us-east-1"}
     server = ServerProcess(
         "tansu", [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                  "--storage-engine", "memory://tansu/"],
-        port, workdir, _port_ready, env={"RUST_LOG": "warn"},
+                  "--storage-engine", storage],
+        port, workdir, _port_ready, env=env,
     )
     server.start()
     return server
+
+
+def start_s3(workdir: Path) -> ServerProcess:
+    """moto's S3 server (pip install 'moto[server]'), in memory: storage for a Tansu that survives restarts."""
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if exe is None:
+        missing("moto's S3 server (pip install 'moto[server]')")
+    port = free_port()
+    server = ServerProcess("s3", [exe, "-H", "127.0.0.1", "-p", str(port)], port, workdir, _port_ready)
+    server.start()
+    return server
+
+
+def create_bucket(s3: ServerProcess, bucket: str) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{s3.port}/{bucket}", method="PUT")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 200:
+            missing(f"an S3 bucket {bucket!r} (moto answered {response.status})")
 
 
 def azurite_binary() -> str:

@@ -74,7 +74,7 @@ class IngestSink:
         if online:
             writes.append(self.update_online(fs, batch.rows))
         await gather_all(*writes)
-        self._count(fs.name, batch.rows.num_rows, batch.dead)
+        self._count(fs.name, batch.rows.num_rows, batch.dead, batch.redelivered)
 
     async def update_online(self, fs: FeatureSet, rows: pa.Table) -> int:
         """Each entity's newest row to the hot store; a hot store that is down is logged, not raised."""
@@ -84,8 +84,10 @@ class IngestSink:
             log.warning("hot_store_update_failed", feature_set=fs.name, error=str(e))
             return 0
 
-    def _count(self, feature_set: str, accepted: int, dead: Sequence[DeadLetter]) -> None:
+    def _count(self, feature_set: str, accepted: int, dead: Sequence[DeadLetter], redelivered: int) -> None:
         self._metrics.ingest_events.labels(feature_set, "accepted").inc(accepted)
+        if redelivered:
+            self._metrics.ingest_events.labels(feature_set, "redelivered").inc(redelivered)
         if dead:
             self._metrics.ingest_events.labels(feature_set, "dead_letter").inc(len(dead))
         for d in dead:

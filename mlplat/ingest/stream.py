@@ -22,7 +22,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch
+from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch, rewind
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
 from mlplat.compute.jobs import Lane, Priority
@@ -81,20 +81,21 @@ class StreamIngest:
                 if time.monotonic() >= next_lag_report:
                     await self._report_lag()
                     next_lag_report = time.monotonic() + LAG_REPORT_S
-                batch = await ahead
-                ahead = asyncio.create_task(self._collect())
-                if not batch:
-                    continue
                 try:
+                    batch = await ahead
+                    ahead = asyncio.create_task(self._collect())
+                    if not batch:
+                        continue
                     await self.process(batch)
                 except (MlplatError, OSError) as e:
-                    # nothing was committed: drop what was read ahead, rewind, and take the same events again
+                    # nothing was committed (or the poll failed): drop what was read ahead, rewind, and take the
+                    # same events again; a broker outage ends up here too, and ingest waits it out
                     log.error("ingest_batch_failed", error=str(e), retry_in_s=backoff)
                     await _cancel(ahead)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     assert self._consumer is not None
-                    await self._consumer.seek_to_committed()
+                    await rewind(self._consumer, self.name)
                     ahead = asyncio.create_task(self._collect())
                 else:
                     backoff = 0.2

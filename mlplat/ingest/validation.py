@@ -5,6 +5,10 @@ numpy: coercion to the declared type, required fields, nulls, ranges, allowed va
 duplicate event ids. A record that fails any check is not dropped: it becomes a dead letter carrying its
 original bytes and the first reason it failed. Reason codes are few and fixed (they label a metric);
 the detail after the colon names the field and the value.
+
+An event id that comes twice with the same content is one event delivered twice (a producer retrying a
+publish the broker had in fact taken): it is kept once and counted as redelivered, as a copy in a later
+batch is (the warehouse ignores a known event id). Twice with different content, the second is a dead letter.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class DeadLetter:
 class ValidatedBatch:
     rows: pa.Table
     dead: list[DeadLetter]
+    redelivered: int = 0
+    """Identical copies of an event earlier in the batch, left out of rows (not dead letters)."""
+
+
+REDELIVERED = "redelivered"  # a row's reason while it is an identical copy: neither kept nor a dead letter
 
 
 def schema_for(fs: FeatureSet) -> pa.Schema:
@@ -245,7 +254,7 @@ def _validate(
             reasons[i] = f"wrong_type: {feature.name}={raw[i]!r} is not {feature.type}"
         _constraint_reasons(feature, column, reasons)
         columns[feature.name] = column
-    _flag_duplicates(event_ids, reasons)
+    _flag_duplicates(event_ids, reasons, lambda i, first: payload_of(i) == payload_of(first))
 
     ok = np.asarray(reasons == None, dtype=bool)  # noqa: E711 - elementwise, object array
     if not n:
@@ -256,9 +265,10 @@ def _validate(
          "ingest_time": pa.array(ingest_us).cast(_TS), **columns},
         schema=schema_for(fs),
     ).filter(pa.array(ok))
+    redelivered = np.asarray(reasons == REDELIVERED, dtype=bool)
     dead = [DeadLetter(i, payload_of(i), str(reasons[i]), event_ids[i].as_py())
-            for i in map(int, np.flatnonzero(~ok))]
-    return ValidatedBatch(table, dead)
+            for i in map(int, np.flatnonzero(~ok & ~redelivered))]
+    return ValidatedBatch(table, dead, int(redelivered.sum()))
 
 
 def _ids(raw: list[Any]) -> pa.Array:
@@ -436,24 +446,31 @@ def validate_table(
             reasons[i] = f"wrong_type: {feature.name}={shown!r} is not {feature.type}"
         _constraint_reasons(feature, typed, reasons)
         columns[feature.name] = typed
-    _flag_duplicates(ids, reasons)
+    _flag_duplicates(ids, reasons, lambda i, first: _row(table, i) == _row(table, first))
     ok = np.asarray(reasons == None, dtype=bool)  # noqa: E711 - elementwise, object array
+    redelivered = np.asarray(reasons == REDELIVERED, dtype=bool)
     result = pa.table(
         {"event_id": ids, "entity_id": entities, "event_time": times,
          "ingest_time": pa.array(np.full(n, int(ingest_time.timestamp() * 1e6), dtype=np.int64)).cast(_TS),
          **columns},
         schema=schema_for(fs),
     ).filter(pa.array(ok))
-    bad_rows = np.flatnonzero(~ok)
+    bad_rows = np.flatnonzero(~ok & ~redelivered)
     originals = table.take(pa.array(bad_rows, pa.int64())).to_pylist() if len(bad_rows) else []
     id_values = ids.take(pa.array(bad_rows, pa.int64())).to_pylist() if len(bad_rows) else []
     dead = [DeadLetter(int(i), json.dumps(row, default=str).encode(), str(reasons[i]), eid)
             for i, row, eid in zip(bad_rows, originals, id_values, strict=True)]
-    return ValidatedBatch(result, dead)
+    return ValidatedBatch(result, dead, int(redelivered.sum()))
 
 
-def _flag_duplicates(ids: pa.Array, reasons: np.ndarray) -> None:
-    """Keep the first row of each event id among rows still valid; the rest are duplicates."""
+def _row(table: pa.Table, i: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = table.slice(i, 1).to_pylist()
+    return rows
+
+
+def _flag_duplicates(ids: pa.Array, reasons: np.ndarray, same: Callable[[int, int], bool]) -> None:
+    """Keep the first row of each event id among rows still valid; a later one is redelivered if `same`
+    says it equals the first, else a duplicate."""
     valid = np.flatnonzero(reasons == None)  # noqa: E711
     if len(valid) < 2:
         return
@@ -461,8 +478,11 @@ def _flag_duplicates(ids: pa.Array, reasons: np.ndarray) -> None:
     codes = pc.dictionary_encode(candidates)
     if len(codes.dictionary) == len(valid):  # the common case: one hash pass, no duplicates
         return
-    _, firsts = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+    _, firsts, inverse = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True,
+                                   return_inverse=True)
     repeated = np.ones(len(valid), dtype=bool)
     repeated[firsts] = False
-    for i in valid[repeated]:
-        reasons[i] = f"duplicate_event_id: {ids[int(i)].as_py()!r} appears twice in one batch"
+    for position in np.flatnonzero(repeated):
+        i, first = int(valid[position]), int(valid[firsts[inverse[position]]])
+        reasons[i] = REDELIVERED if same(i, first) else \
+            f"duplicate_event_id: {ids[i].as_py()!r} appears twice in one batch with different content"

@@ -23,7 +23,7 @@ import orjson
 import pyarrow as pa
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch
+from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch, rewind
 from mlplat.config import ActionSettings, StreamingSettings
 from mlplat.errors import ConfigError, MlplatError
 from mlplat.ingest.sink import gather_all
@@ -98,16 +98,16 @@ class ActionExecutor:
         assert self._consumer is not None
         backoff = 0.2
         while True:
-            batch = await poll_batch(self._consumer, max_records=self._settings.batch_size, wait_s=0.05)
-            if not batch:
-                continue
             try:
+                batch = await poll_batch(self._consumer, max_records=self._settings.batch_size, wait_s=0.05)
+                if not batch:
+                    continue
                 await self.process(batch)
-            except (MlplatError, OSError) as e:  # the log or the commit failed: take the same batch again
+            except (MlplatError, OSError) as e:  # the poll, the log or the commit failed: take the same batch again
                 log.error("actions_batch_failed", error=str(e), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-                await self._consumer.seek_to_committed()
+                await rewind(self._consumer, self.name)
             else:
                 backoff = 0.2
 

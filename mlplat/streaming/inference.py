@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch
+from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch, rewind
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
 from mlplat.compute.jobs import Lane, Priority
@@ -132,9 +132,9 @@ class ModelStream:
         assert self._consumer is not None
         backoff = 0.2
         while True:
-            batch = await poll_batch(self._consumer, max_records=self._settings.batch_size,
-                                     wait_s=self._settings.batch_wait_ms / 1000)
             try:
+                batch = await poll_batch(self._consumer, max_records=self._settings.batch_size,
+                                         wait_s=self._settings.batch_wait_ms / 1000)
                 if batch:
                     await self.process(batch)
                 elif self._windows is not None and len(self._windows):  # caught up: the wall clock moves on
@@ -151,7 +151,7 @@ class ModelStream:
                     log.warning("stream_waiting_for_model", model=self.spec.model, error=str(e))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5 if waiting else 30.0)
-                await self._consumer.seek_to_committed()
+                await rewind(self._consumer, f"stream-{self.spec.model}")
                 self._windows = TumblingWindows(self.spec) if self.spec.window_s else None
                 self._read_up_to.clear()
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import pytest
 from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS: list[dict[str, Any]] = [
@@ -106,6 +108,36 @@ async def test_an_interrupted_upload_ingests_nothing_and_a_retry_everything(daem
     resp = await upload(daemon, requests(path, "cut"))
     assert resp.rows_accepted == len(ROWS) - BAD
     assert list((tmp_path / "spool").iterdir()) == []  # spool files are removed either way
+
+
+async def test_an_upload_whose_client_goes_away_mid_stream_ingests_nothing_and_a_retry_everything(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The client is cut off after part of the file (its call cancelled, as when the process dies or the
+    network drops): it gets an error, nothing lands, the spool is cleaned, and the retry ingests the file once."""
+    path = write(tmp_path / "events.ndjson", "ndjson")
+    sent = asyncio.Event()
+
+    async def half_then_hang() -> AsyncIterator[ingest_pb2.UploadRequest]:
+        all_requests = list(requests(path, "cut-off"))
+        for request in all_requests[: len(all_requests) // 2]:
+            yield request
+        sent.set()
+        await asyncio.Event().wait()  # the rest never comes
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{daemon.api.port}") as ch:
+        call = ingest_pb2_grpc.IngestServiceStub(ch).Upload(half_then_hang(), timeout=120)
+        await sent.wait()
+        await asyncio.sleep(0.3)  # the daemon has the first half
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    spool = tmp_path / "spool"
+    await until(lambda: not spool.exists() or list(spool.iterdir()) == [], "the spool file removed", limit_s=10)
+    assert await count(daemon, "SELECT count(*) FROM fs_user_activity") == 0
+    resp = await upload(daemon, requests(path, "cut-off"))
+    assert resp.rows_accepted == len(ROWS) - BAD
+    assert await count(daemon, "SELECT count(*) FROM fs_user_activity") == len(ROWS) - BAD
+    assert await count(daemon, "SELECT count(*) FROM dead_letters") == BAD
 
 
 @pytest.mark.parametrize(("content", "fmt", "named"), [

@@ -1,21 +1,36 @@
 """Dependencies failing under load, with counts in the assertions: the artifact store unreachable (Azurite
-stopped) while clients predict and a promotion is asked for; Redis stopped under prediction load."""
+stopped) while clients predict and a promotion is asked for; Redis stopped under prediction load; the broker
+stopped under ingest load."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mlplat.backends.bus.kafka import KafkaBus
 from mlplat.daemon import Daemon
+from mlplat.errors import BackendUnavailable
 from tests.integration.test_serving import daemon_settings
 from tests.models import FEATURES, logistic_bytes, tree_bytes
-from tests.servers import ServerProcess, azurite_connection_string, start_azurite, start_redis
+from tests.servers import (
+    ServerProcess,
+    azurite_connection_string,
+    start_azurite,
+    start_redis,
+    start_s3,
+    start_tansu,
+)
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
+OUTAGE_S = 15.0
 ROW = {"clicks_1h": 3, "spend_1h": 10.0, "session_minutes": 5.0, "is_premium": False}
 
 
@@ -128,4 +143,120 @@ async def test_redis_stopped_under_load_fails_no_prediction_and_the_daemon_recon
         assert during["features"] > 50 and during["entity"] > 50  # both kinds kept being answered
         assert answered["entity"] > after["entity"]
     finally:
+        await daemon.stop()
+
+
+@pytest.fixture
+def lasting_tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A Tansu of this test's own that keeps its log in S3 (moto): stopped and started again, it still has
+    its topics, records and committed offsets, as a Kafka broker with its disk does."""
+    workdir = tmp_path_factory.mktemp("tansu-s3")
+    s3 = start_s3(workdir)
+    try:
+        broker = start_tansu(workdir, s3=s3)
+        yield broker
+        broker.stop()
+    finally:
+        s3.stop()
+
+
+def activity(i: int) -> tuple[bytes, bytes]:
+    user = f"user_{i % 50}"
+    event = {"event_id": f"b{i}", "user_id": user, "event_time": f"2026-06-01T00:00:{i % 60:02d}Z",
+             "clicks_1h": i, "spend_1h": 1.5, "session_minutes": 3.0, "country": "de", "is_premium": False}
+    return user.encode(), json.dumps(event).encode()
+
+
+async def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    def get() -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    return await asyncio.to_thread(get)
+
+
+@pytest.mark.timeout(300)
+async def test_a_broker_stopped_under_ingest_load_pauses_ingest_reports_it_and_loses_nothing(
+        tmp_path: Path, lasting_tansu: ServerProcess, redis_url: str, unique_name: str) -> None:
+    """Events keep coming (the producer retries what the broker did not acknowledge) while the broker stops
+    for a while and starts again: ingest pauses, /readyz says why, ingest resumes by itself, and every
+    acknowledged event is in the warehouse exactly once."""
+    url = f"kafka://127.0.0.1:{lasting_tansu.port}"
+    daemon = Daemon(daemon_settings(
+        tmp_path, bus={"url": url}, hot_store={"url": redis_url}, supervisor={"health_interval_s": 0.5},
+        ingest={"consumer_group": f"faults-{unique_name}", "dead_letter_topic": f"dlq-{unique_name}",
+                "batch_size": 200, "batch_wait_ms": 50}))
+    await daemon.start()
+    producer = KafkaBus(url)
+    await producer.connect()
+    acked: set[str] = set()
+    attempted: set[str] = set()
+    refused = 0
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        nonlocal refused
+        i = 0
+        while not stop.is_set():
+            chunk = [activity(j) for j in range(i, i + 40)]
+            ids = {f"b{j}" for j in range(i, i + 40)}
+            attempted.update(ids)
+            try:
+                await producer.publish_many("mlplat.events.user_activity", chunk)
+            except BackendUnavailable:
+                refused += 1  # not acknowledged: the same events again (a copy may have landed: ids dedupe)
+                await asyncio.sleep(0.5)
+                continue
+            acked.update(ids)
+            i += 40
+            await asyncio.sleep(0.05)
+
+    async def stored() -> tuple[int, set[str]]:
+        table = await daemon.warehouse.read("SELECT event_id FROM fs_user_activity")
+        ids = table.column(0).to_pylist()
+        return len(ids), set(ids)
+
+    producing = asyncio.create_task(produce())
+    try:
+        await until(lambda: len(acked) >= 400, "events produced", limit_s=30)
+        http = daemon.http.port
+        assert (await readyz(http))[0] == 200
+        await asyncio.to_thread(lasting_tansu.stop)
+        status, report = await readyz(http)
+        for _ in range(40):
+            if status == 503:
+                break
+            await asyncio.sleep(0.25)
+            status, report = await readyz(http)
+        assert status == 503 and not report["checks"]["backend:bus"]["ok"], report
+        assert url in report["checks"]["backend:bus"]["reason"]
+        await asyncio.sleep(4.0)
+        paused_at = await stored()
+        await asyncio.sleep(OUTAGE_S - 4.0)  # longer than a publish's deadline: the producer is refused too
+        assert await stored() == paused_at  # ingest paused: nothing can be read
+        await asyncio.to_thread(lasting_tansu.start)
+        await until(lambda: len(acked) >= len(paused_at[1]) + 800, "producing again", limit_s=60)
+        stop.set()
+        await producing
+        for _ in range(240):
+            count, ids = await stored()
+            if acked <= ids:
+                break
+            await asyncio.sleep(0.5)
+        lost = acked - ids
+        assert not lost, f"{len(lost)} acknowledged events lost, e.g. {sorted(lost)[:5]}"
+        assert count == len(ids)  # exactly once
+        assert ids <= attempted  # nothing invented
+        assert refused > 0  # the outage was real for the producer too
+        assert (await readyz(http))[0] == 200
+        assert daemon.supervisor.gave_up == set()
+        dead = await daemon.warehouse.read("SELECT source_key, reason, payload FROM dead_letters LIMIT 5")
+        assert dead.num_rows == 0, dead.to_pylist()
+    finally:
+        stop.set()
+        await producing
+        await producer.aclose()
         await daemon.stop()

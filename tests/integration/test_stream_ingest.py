@@ -15,6 +15,7 @@ from mlplat.backends.bus import EventBus, TopicPartition, open_bus
 from mlplat.backends.hotstore import HotStore, open_hot_store
 from mlplat.compute.balancer import Balancer
 from mlplat.config import BalancerSettings, IngestSettings, WarehouseSettings
+from mlplat.errors import BackendUnavailable
 from mlplat.features.definitions import FeatureCatalog, catalog_from_dict
 from mlplat.features.online import read_online
 from mlplat.features.registry import FeatureRegistry
@@ -299,3 +300,49 @@ async def test_a_failing_disk_is_reported_commits_no_offset_and_loses_nothing(
     assert await h.count(f'SELECT count(DISTINCT event_id) FROM "{fs.table}"') == len(GOOD)
     logged = capsys.readouterr().out
     assert "write_failed" in logged and "No space left on device" in logged and "ingest_batch_failed" in logged
+
+
+async def test_a_broker_outage_in_the_middle_of_a_batch_is_waited_out(
+        harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    """The broker goes away between a poll and its commit, and stays away for the polls, commits and the
+    rewind after them (injected at the consumer): the ingest loop never ends, and once the broker answers
+    again every event lands exactly once. Before, a failed rewind ended run() and a failed restart left
+    ingest idle for good."""
+    h = harness
+    topic = await publish(h, GOOD)
+    ingest = h.ingest()
+    await ingest.start()
+    consumer = ingest._consumer
+    assert consumer is not None
+    down = {"poll": 3, "commit": 2, "seek_to_committed": 4}  # failures left, per call
+
+    def flaky(name: str) -> Any:
+        call = getattr(consumer, name)
+
+        async def maybe_down(*args: Any, **kwargs: Any) -> Any:
+            if down[name] and (name != "poll" or not down["commit"]):  # the first failure is a commit
+                down[name] -= 1
+                raise BackendUnavailable(f"bus {h.bus.url} unreachable: {name} failed (injected)")
+            return await call(*args, **kwargs)
+
+        return maybe_down
+
+    for name in down:
+        setattr(consumer, name, flaky(name))
+    try:
+        task = asyncio.create_task(ingest.run())
+        try:
+            await caught_up(h, ingest, topic)
+            assert not task.done()  # still running: the outage ended nothing
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        await ingest.stop()
+    assert down == {"poll": 0, "commit": 0, "seek_to_committed": 0}
+    fs = next(iter(h.registry.feature_sets.values()))
+    assert await h.count(f'SELECT count(*) FROM "{fs.table}"') == len(GOOD)
+    assert await h.count(f'SELECT count(DISTINCT event_id) FROM "{fs.table}"') == len(GOOD)
+    logged = capsys.readouterr().out
+    assert "bus_rewind_waiting" in logged and "(injected)" in logged

@@ -142,3 +142,49 @@ async def test_a_crash_loop_fails_readyz_over_http() -> None:
         assert 'mlplat_service_restarts_total{service="doomed"} 3.0' in text
     finally:
         await sup.stop()
+
+
+async def test_a_restart_whose_start_fails_is_retried_before_run_is_called_again() -> None:
+    """A crashed service whose start() then fails (the broker it needs is down) is started again with backoff;
+    run() never runs on a service that did not start, and readiness says it is restarting."""
+    log: list[str] = []
+    readiness = Readiness()
+
+    class NeedsBroker(Recorder):
+        failing_starts = 0
+
+        async def start(self) -> None:
+            if self.runs and self.failing_starts < 3:
+                self.failing_starts += 1
+                raise ConnectionError("bus kafka://b:9092 unreachable")
+            await super().start()
+
+        async def run(self) -> None:
+            assert log[-1] == f"start:{self.name}", log  # started, and nothing since
+            await super().run()
+
+    service = NeedsBroker("ingest", log, crashes=1)
+    metrics = Metrics()
+    sup = Supervisor([service], FAST, metrics, readiness)
+    await sup.start()
+    await wait_for(lambda: service.runs == 2)
+    assert service.failing_starts == 3 and "ingest" not in sup.gave_up
+    assert readiness.ready and metrics.service_restarts.labels("ingest")._value.get() == 1
+    await sup.stop()
+
+
+async def test_readiness_says_a_service_is_restarting_while_its_start_fails() -> None:
+    readiness = Readiness()
+
+    class Down(Recorder):
+        async def start(self) -> None:
+            if self.runs:
+                raise ConnectionError("redis://h:6379 unreachable")
+            await super().start()
+
+    sup = Supervisor([Down("lookup", [], crashes=1)], FAST, Metrics(), readiness)
+    await sup.start()
+    await wait_for(lambda: "restarting" in str(readiness.report()["service:lookup"]["reason"]))
+    assert "redis://h:6379 unreachable" in str(readiness.report()["service:lookup"]["reason"])
+    assert not readiness.ready
+    await sup.stop()

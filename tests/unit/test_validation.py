@@ -76,10 +76,23 @@ def test_an_integer_for_a_float_beyond_double_precision_is_taken_as_its_nearest_
 
 
 def test_duplicate_event_ids_keep_the_first() -> None:
-    """Within a batch the first event with an id wins; the others are dead letters."""
+    """Within a batch the first event with an id wins; a different event with the same id is a dead letter."""
     batch = validate_events(FS, "user_id", [ev(x=1.0), ev(x=2.0)], NOW)
     assert batch.rows["x"].to_pylist() == [1.0]
-    assert [d.code for d in batch.dead] == ["duplicate_event_id"]
+    assert [d.code for d in batch.dead] == ["duplicate_event_id"] and batch.redelivered == 0
+    assert "different content" in batch.dead[0].reason
+
+
+def test_an_identical_copy_of_an_event_is_one_event_delivered_twice() -> None:
+    """A producer that retried a publish the broker had taken sends the same bytes again: kept once, counted
+    as redelivered, no dead letter (found by the broker outage test). A copy of a bad event stays bad."""
+    events = [ev(event_id="a"), ev(event_id="b"), ev(event_id="a"), ev(event_id="a", x=3.0), ev(event_id="a"),
+              ev(event_id="bad", n=-1), ev(event_id="bad", n=-1)]
+    batch = validate_events(FS, "user_id", events, NOW)
+    assert batch.rows["event_id"].to_pylist() == ["a", "b"]
+    assert batch.redelivered == 2
+    assert [(d.index, d.code) for d in batch.dead] == [(3, "duplicate_event_id"), (5, "out_of_range"),
+                                                       (6, "out_of_range")]
 
 
 def test_nulls_and_unknown_fields_are_accepted() -> None:
@@ -101,17 +114,18 @@ def test_typed_tables_follow_the_same_rules() -> None:
     from mlplat.ingest.validation import validate_table
 
     table = pa.table({
-        "event_id": ["a", "b", "c", "a", None],
-        "user_id": ["u", "u", "u", "u", "u"],
+        "event_id": ["a", "b", "c", "a", None, "a"],
+        "user_id": ["u", "u", "u", "u", "u", "u"],
         "event_time": ["2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00", "2026-01-01T00:00:00Z",
-                       "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"],
-        "n": pa.array([1, 500, 2, 3, 4], pa.int64()),
-        "x": [1.0, 1.0, None, 1.0, 1.0],
+                       "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"],
+        "n": pa.array([1, 500, 2, 3, 4, 1], pa.int64()),
+        "x": [1.0, 1.0, None, 1.0, 1.0, 1.0],
     })
     batch = validate_table(FS, "user_id", table, NOW, from_text=False)
     assert batch.rows["event_id"].to_pylist() == ["a"]
     assert [d.code for d in batch.dead] == ["out_of_range", "null_not_allowed", "duplicate_event_id",
                                             "missing_field"]
+    assert batch.redelivered == 1  # the last row repeats the first exactly
     assert json.loads(batch.dead[0].payload)["n"] == 500
 
 

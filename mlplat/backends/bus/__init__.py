@@ -8,13 +8,17 @@ tests/contract/test_bus.py runs one suite against both.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from mlplat.backends.urls import redact_url, scheme_of
-from mlplat.errors import ConfigError
+from mlplat.errors import ConfigError, MlplatError
+from mlplat.observability.logging import get_logger
+
+log = get_logger("bus")
 
 SCHEMES = ("memory", "kafka")
 
@@ -134,6 +138,23 @@ async def poll_batch(consumer: BusConsumer, *, max_records: int, wait_s: float
         if not polled and count:
             break
     return batch
+
+
+REWIND_MAX_DELAY_S = 5.0
+
+
+async def rewind(consumer: BusConsumer, owner: str) -> None:
+    """Back to the last commit after a failed batch. The seek asks the broker for the committed offsets, so
+    during a broker outage it waits (logging each try) instead of failing the loop that owns the consumer."""
+    delay = 0.2
+    while True:
+        try:
+            await consumer.seek_to_committed()
+            return
+        except MlplatError as e:
+            log.warning("bus_rewind_waiting", consumer=owner, error=str(e), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REWIND_MAX_DELAY_S)
 
 
 def open_bus(url: str) -> EventBus:
