@@ -97,7 +97,7 @@ class BatchIngest:
                 letters = [(f"upload:{upload_id}:{part.index}:{d.index}", d) for d in batch.dead]
                 await self._sink.store(fs, batch, letters, source="upload", at=now, online=False)
             newest.add(batch.rows, part.index)
-            summary.rows_accepted += batch.rows.num_rows + batch.redelivered  # in the warehouse, once
+            summary.rows_accepted += batch.rows.num_rows + len(batch.redelivered)  # in the warehouse, once
             summary.rows_rejected += len(batch.dead)
             room = FIRST_REASONS - len(summary.first_reasons)
             summary.first_reasons += [d.reason for d in batch.dead[:max(room, 0)]]

@@ -74,7 +74,7 @@ class IngestSink:
         if online:
             writes.append(self.update_online(fs, batch.rows))
         await gather_all(*writes)
-        self._count(fs.name, batch.rows.num_rows, batch.dead, batch.redelivered)
+        self._count(fs.name, batch.rows.num_rows, batch.dead, len(batch.redelivered))
 
     async def update_online(self, fs: FeatureSet, rows: pa.Table) -> int:
         """Each entity's newest row to the hot store; a hot store that is down is logged, not raised."""

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,8 @@ class DeadLetter:
 class ValidatedBatch:
     rows: pa.Table
     dead: list[DeadLetter]
-    redelivered: int = 0
-    """Identical copies of an event earlier in the batch, left out of rows (not dead letters)."""
+    redelivered: list[int] = field(default_factory=list)
+    """Positions of identical copies of an event earlier in the batch: left out of rows, not dead letters."""
 
 
 REDELIVERED = "redelivered"  # a row's reason while it is an identical copy: neither kept nor a dead letter
@@ -268,7 +268,7 @@ def _validate(
     redelivered = np.asarray(reasons == REDELIVERED, dtype=bool)
     dead = [DeadLetter(i, payload_of(i), str(reasons[i]), event_ids[i].as_py())
             for i in map(int, np.flatnonzero(~ok & ~redelivered))]
-    return ValidatedBatch(table, dead, int(redelivered.sum()))
+    return ValidatedBatch(table, dead, [int(i) for i in np.flatnonzero(redelivered)])
 
 
 def _ids(raw: list[Any]) -> pa.Array:
@@ -460,7 +460,7 @@ def validate_table(
     id_values = ids.take(pa.array(bad_rows, pa.int64())).to_pylist() if len(bad_rows) else []
     dead = [DeadLetter(int(i), json.dumps(row, default=str).encode(), str(reasons[i]), eid)
             for i, row, eid in zip(bad_rows, originals, id_values, strict=True)]
-    return ValidatedBatch(result, dead, int(redelivered.sum()))
+    return ValidatedBatch(result, dead, [int(i) for i in np.flatnonzero(redelivered)])
 
 
 def _row(table: pa.Table, i: int) -> list[dict[str, Any]]:

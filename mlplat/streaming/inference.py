@@ -165,10 +165,12 @@ class ModelStream:
         validated = await self._balancer.run(
             validate_events, fs, self._features.key_of(fs), [m.value for m in messages], dt.datetime.now(dt.UTC),
             priority=Priority.SERVE, lane=Lane.THREAD)
-        dead = {d.index for d in validated.dead}
-        positions = [(m.tp, m.offset) for i, m in enumerate(messages) if i not in dead]
+        left_out = {d.index for d in validated.dead} | set(validated.redelivered)
+        positions = [(m.tp, m.offset) for i, m in enumerate(messages) if i not in left_out]
         if validated.dead:
             self._metrics.stream_skipped.labels(self.spec.model, "invalid_event").inc(len(validated.dead))
+        if validated.redelivered:  # predicted once, for the copy kept
+            self._metrics.stream_skipped.labels(self.spec.model, "redelivered").inc(len(validated.redelivered))
         for tp, msgs in batch.items():
             self._read_up_to[tp] = msgs[-1].offset + 1
         if self._windows is None:

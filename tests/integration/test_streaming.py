@@ -180,9 +180,11 @@ async def test_every_event_gets_one_prediction_and_a_promotion_mid_stream_skips_
     # valid events the model cannot take: no session_minutes, and entities never seen (nothing online either)
     incomplete = [event(20_000 + i, 900 + i, session_minutes=None) for i in range(3)]
 
+    copies = events[100:104]  # a producer's retries: the same bytes again, in the same batch as the originals
+
     async def publish_steadily() -> None:
         for start in range(0, len(events), 50):
-            await stack.publish(events[start:start + 50] + (bad + incomplete if start == 100 else []))
+            await stack.publish(events[start:start + 50] + (bad + incomplete + copies if start == 100 else []))
             await asyncio.sleep(0.05)
 
     publishing = asyncio.create_task(publish_steadily())
@@ -216,6 +218,7 @@ async def test_every_event_gets_one_prediction_and_a_promotion_mid_stream_skips_
     assert f'mlplat_stream_predictions_total{{model="churn"}} {float(len(events))}' in metrics
     assert 'mlplat_stream_skipped_total{model="churn",reason="invalid_event"} 2.0' in metrics
     assert 'mlplat_stream_skipped_total{model="churn",reason="missing_feature"} 3.0' in metrics
+    assert 'mlplat_stream_skipped_total{model="churn",reason="redelivered"} 4.0' in metrics
     letters = (await stack.daemon.warehouse.read(
         "SELECT reason_code, reason FROM dead_letters WHERE source = 'stream:churn'")).to_pylist()
     assert len(letters) == 3 and all(d["reason_code"] == "missing_feature" and "'session_minutes'" in d["reason"]

@@ -98,7 +98,7 @@ def test_every_event_is_accepted_or_a_dead_letter_with_a_reason(payloads: list[b
     payloads = payloads + [payloads[i % len(payloads)] for i in copies]  # a producer's retries: exact copies
     batch = validate_events(FS, "user_id", payloads, NOW)
     # nothing silently dropped: a redelivered copy is an accepted event's second delivery
-    assert batch.rows.num_rows + len(batch.dead) + batch.redelivered == len(payloads)
+    assert batch.rows.num_rows + len(batch.dead) + len(batch.redelivered) == len(payloads)
     assert len({d.index for d in batch.dead}) == len(batch.dead)
     for letter in batch.dead:
         code, _, detail = letter.reason.partition(": ")

@@ -79,7 +79,7 @@ def test_duplicate_event_ids_keep_the_first() -> None:
     """Within a batch the first event with an id wins; a different event with the same id is a dead letter."""
     batch = validate_events(FS, "user_id", [ev(x=1.0), ev(x=2.0)], NOW)
     assert batch.rows["x"].to_pylist() == [1.0]
-    assert [d.code for d in batch.dead] == ["duplicate_event_id"] and batch.redelivered == 0
+    assert [d.code for d in batch.dead] == ["duplicate_event_id"] and batch.redelivered == []
     assert "different content" in batch.dead[0].reason
 
 
@@ -90,7 +90,7 @@ def test_an_identical_copy_of_an_event_is_one_event_delivered_twice() -> None:
               ev(event_id="bad", n=-1), ev(event_id="bad", n=-1)]
     batch = validate_events(FS, "user_id", events, NOW)
     assert batch.rows["event_id"].to_pylist() == ["a", "b"]
-    assert batch.redelivered == 2
+    assert batch.redelivered == [2, 4]
     assert [(d.index, d.code) for d in batch.dead] == [(3, "duplicate_event_id"), (5, "out_of_range"),
                                                        (6, "out_of_range")]
 
@@ -125,7 +125,7 @@ def test_typed_tables_follow_the_same_rules() -> None:
     assert batch.rows["event_id"].to_pylist() == ["a"]
     assert [d.code for d in batch.dead] == ["out_of_range", "null_not_allowed", "duplicate_event_id",
                                             "missing_field"]
-    assert batch.redelivered == 1  # the last row repeats the first exactly
+    assert batch.redelivered == [5]  # the last row repeats the first exactly
     assert json.loads(batch.dead[0].payload)["n"] == 500
 
 
