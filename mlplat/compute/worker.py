@@ -14,10 +14,14 @@ import functools
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+import psutil
 
 from mlplat.compute.jobs import WorkerDied
 
@@ -26,9 +30,26 @@ from mlplat.compute.jobs import WorkerDied
 PRELOAD = ("numpy", "pyarrow", "pyarrow.parquet", "pyarrow.csv", "mlplat.ingest.files")
 
 
-def _ignore_interrupts() -> None:
-    """Ctrl-C reaches the whole process group; the daemon decides how its workers stop, not the terminal."""
+ORPHAN_CHECK_S = 1.0
+
+
+def _start_worker(daemon_pid: int) -> None:
+    # Ctrl-C reaches the whole process group; the daemon decides how its workers stop, not the terminal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(daemon_pid,), name="orphan-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(daemon_pid: int) -> None:
+    """A daemon killed outright (kill -9, the OOM killer) cannot shut its workers down, and a worker would
+    wait on its job queue forever, keeping the fork server alive too: it exits once the daemon is gone.
+    is_running() also compares the start time, so another process reusing the pid does not count."""
+    try:
+        daemon = psutil.Process(daemon_pid)
+        while daemon.is_running() and daemon.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(ORPHAN_CHECK_S)
+    except psutil.NoSuchProcess:
+        pass
+    os._exit(1)
 
 
 def _ready() -> int:
@@ -46,7 +67,8 @@ class WorkerSlot:
         """Spawn the process and wait until it answers, so the first real job pays no start-up cost."""
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(PRELOAD))
-        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_ignore_interrupts)
+        self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_start_worker,
+                                             initargs=(os.getpid(),))
         loop = asyncio.get_running_loop()
         try:
             self.pid = await loop.run_in_executor(self._executor, _ready)

@@ -4,7 +4,6 @@ once, the hot store holds each entity's latest value, and no dead letter is inve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -22,6 +21,7 @@ import redis
 from mlplat.backends.bus import open_bus
 from mlplat.features.online import PREFIX
 from tests.e2e.test_daemon import RunningDaemon, start_daemon
+from tests.waiting import processes_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 WAVES = 6  # a kill after each: at least 5 kills
@@ -71,15 +71,15 @@ async def publish(bus_url: str, topic: str, events: list[dict[str, Any]]) -> Non
 
 
 def kill_hard(daemon: RunningDaemon) -> None:
-    """SIGKILL the daemon and every worker process it started: nothing gets to clean up."""
+    """SIGKILL the daemon, as the OOM killer would: nothing gets to clean up. Its worker processes and their
+    fork server must then exit by themselves (a job they were running is lost with them, never committed)."""
     try:
-        family = [daemon.proc.pid, *(c.pid for c in psutil.Process(daemon.proc.pid).children(recursive=True))]
+        family = psutil.Process(daemon.proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        family = [daemon.proc.pid]
-    for pid in family:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        family = []
+    os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait(timeout=10)
+    processes_gone(family, "worker processes of a killed daemon")
 
 
 def wait_until_ingesting(daemon: RunningDaemon, name: str, limit_s: float = 60) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 
+import psutil
 import pytest
 
 from mlplat.compute.balancer import Balancer
@@ -14,6 +17,7 @@ from mlplat.compute.jobs import BalancerStopped, Cost, DeadlineExceeded, Lane, P
 from mlplat.compute.tasks import deterministic_work, die, noop, sleep_then
 from mlplat.config import BalancerSettings
 from mlplat.observability.metrics import Metrics
+from tests.waiting import processes_gone
 
 LONG_WORK = 25_000_000  # ~2-4 s of pure Python on one core
 
@@ -204,3 +208,24 @@ async def test_the_daemon_survives_a_worker_killed_from_outside(tmp_path) -> Non
         assert "mlplat_worker_restarts_total 1.0" in text and "mlplat_jobs_queued" in text
     finally:
         await daemon.stop()
+
+
+def test_workers_of_a_daemon_killed_outright_exit_by_themselves() -> None:
+    """kill -9 (or the OOM killer) gives the daemon no chance to stop its worker processes: they and the fork
+    server must go on their own, not wait on their job queues forever (found: e2e tests left 4 workers and a
+    fork server behind per SIGKILLed daemon)."""
+    code = ("import asyncio\nfrom mlplat.compute.worker import WorkerSlot\n"
+            "async def main():\n    slots = [WorkerSlot(0), WorkerSlot(1)]\n"
+            "    for s in slots:\n        await s.start()\n    print('ready', flush=True)\n"
+            "    await asyncio.sleep(3600)\nasyncio.run(main())")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 3  # the fork server and two workers
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    processes_gone(family, "worker processes of a killed daemon")
