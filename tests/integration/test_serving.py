@@ -226,7 +226,8 @@ async def test_a_swap_under_load_fails_no_request_and_a_tampered_version_is_neve
     await daemon.serving.reconcile()
     answer = await predict.Predict(models_pb2.PredictRequest(model="churn", features=struct(ROW)))
     assert answer.version == 2
-    assert daemon.metrics.model_load_failures.labels("churn")._value.get() == failures_before + 1
+    # refused, and counted (the periodic reconciliation may have tried the forged pointer too)
+    assert daemon.metrics.model_load_failures.labels("churn")._value.get() >= failures_before + 1
 
 
 async def test_registering_over_grpc_refuses_what_cannot_be_served(channel: grpc.aio.Channel) -> None:
