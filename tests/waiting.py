@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psutil
 
 
-async def until(check: Callable[[], bool], what: str, limit_s: float = 30.0, every_s: float = 0.02) -> None:
-    """Wait until check() holds; fail naming `what` after limit_s."""
+async def until(check: Callable[[], bool | Awaitable[bool]], what: str, limit_s: float = 30.0,
+                every_s: float = 0.02) -> None:
+    """Wait until check() holds (a coroutine function is awaited); fail naming `what` after limit_s."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while True:
-        if check():
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
             return
         if loop.time() > deadline:
             raise AssertionError(f"{what}: not reached in {limit_s:g}s")
