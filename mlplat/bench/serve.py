@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +26,7 @@ import numpy as np
 
 from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc, models_pb2, models_pb2_grpc
 from mlplat.bench import BenchResult, run_async
+from mlplat.bench.daemons import start_daemon, stop
 from mlplat.features.definitions import catalog_from_dict
 from mlplat.ingest.generator import GeneratorSpec, write_file
 from mlplat.serving.flavours import load_model, save_sklearn
@@ -40,14 +38,6 @@ FEATURES_TOML = "[entities.user]\nkey = \"user_id\"\n\n[feature_sets.bench20]\ne
     f"\n[[feature_sets.bench20.features]]\nname = \"{n}\"\ntype = \"float\"\nmin = 0.0\nmax = 100.0\n" for n in NAMES)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _models() -> dict[str, bytes]:
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.tree import DecisionTreeClassifier
@@ -57,24 +47,6 @@ def _models() -> dict[str, bytes]:
     y = (x[:, :5].sum(axis=1) + rng.normal(0, 20, len(x)) > 250).astype(int)
     return {"gbm": save_sklearn(GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0).fit(x, y)),
             "tree": save_sklearn(DecisionTreeClassifier(max_depth=8, random_state=0).fit(x, y))}
-
-
-def _start_daemon(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    grpc_port, http_port = _free_port(), _free_port()
-    (workdir / "features.toml").write_text(FEATURES_TOML)
-    env = {**os.environ, "MLPLAT_INGEST__FEATURES_FILE": str(workdir / "features.toml"),
-           "MLPLAT_LOGGING__LEVEL": "warning", "MLPLAT_LOGGING__FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlplat", "run", "--grpc-port", str(grpc_port), "--http-port",
-                             str(http_port)], cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=(workdir / "daemon.log").open("wb"))
-    target = f"127.0.0.1:{grpc_port}"
-    with grpc.insecure_channel(target) as ch:
-        try:
-            grpc.channel_ready_future(ch).result(timeout=60)
-        except grpc.FutureTimeoutError:
-            proc.kill()
-            raise RuntimeError(f"the daemon did not start: {(workdir / 'daemon.log').read_text()[-2000:]}") from None
-    return proc, target
 
 
 def _prepare(target: str, workdir: Path, models: dict[str, bytes]) -> None:
@@ -200,7 +172,8 @@ def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) 
         progress("training the models (gradient boosting, decision tree; 20 features)")
         models = _models()
         progress("starting `mlplat run` and uploading the latest features of 1,000 entities")
-        proc, target = _start_daemon(workdir)
+        (workdir / "features.toml").write_text(FEATURES_TOML)
+        proc, target = start_daemon(workdir, {"MLPLAT_INGEST__FEATURES_FILE": str(workdir / "features.toml")})
         try:
             _prepare(target, workdir, models)
             matrix = np.random.default_rng(2).random((1000, N_FEATURES)) * 100
@@ -225,11 +198,7 @@ def run(seconds: float = 3.0, progress: Callable[[str], None] = lambda _: None) 
                                 f"{prefix}floor_batch_rows_per_s": round(floor, 1),
                                 f"{prefix}batch_ratio": round(ours / floor, 4)})
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     params: dict[str, Any] = {"seconds": seconds, "features": N_FEATURES, "entities": ENTITIES,
                               "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     return BenchResult("serve", params, metrics)

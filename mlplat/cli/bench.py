@@ -69,11 +69,25 @@ def bench_ingest(
     workers: Annotated[int | None, typer.Option(help="Worker processes parsing files (default: as the daemon, "
                                                 "CPU count - 1, at least 1).")]
     = None,
+    big: Annotated[bool, typer.Option("--big", help="Instead: upload one NDJSON file larger than memory should "
+                                      "hold to a real daemon; report its RSS growth and that every row landed once.")]
+    = False,
+    big_mb: Annotated[int, typer.Option(min=1, help="With --big: the file's size in MiB.")] = 1024,
+    partition_mb: Annotated[float, typer.Option(min=0.01, help="With --big: the daemon's ingest.partition_bytes, "
+                                                "in MiB.")] = 4.0,
     json_out: JsonOption = False,
 ) -> None:
-    """Streaming events/s vs raw consume, and file rows/s vs DuckDB's own read_* insert, per format."""
+    """Streaming events/s vs raw consume, and file rows/s vs DuckDB's own read_* insert, per format.
+
+    With --big: peak daemon RSS while a 1 GiB upload is ingested (promise: grows < 300 MB), and rows landed.
+    """
     import os
 
+    if big:
+        from mlplat.bench import bigupload
+
+        _report(bigupload.run(big_mb, partition_mb, _progress(json_out)), json_out)
+        return
     from mlplat.bench import ingest
 
     _report(ingest.run(events, rows, bus, workers or max(1, (os.cpu_count() or 2) - 1), _progress(json_out)),
@@ -89,6 +103,26 @@ def bench_serve(
     from mlplat.bench import serve
 
     _report(serve.run(seconds, _progress(json_out)), json_out)
+
+
+@bench_app.command("swap")
+def bench_swap(
+    daemons: Annotated[int, typer.Option(min=2, help="Daemons sharing the hot store and the artifact store.")] = 2,
+    swaps: Annotated[int, typer.Option(min=1, help="Promotions measured (each of a newly registered version).")]
+    = 20,
+    clients: Annotated[int, typer.Option(min=1, help="Predict clients per daemon, sending without pause.")] = 4,
+    settle_s: Annotated[float, typer.Option(min=0.2, help="Seconds between promotions.")] = 1.5,
+    hot_store: Annotated[str | None, typer.Option(help="redis://… shared by the daemons (default: a redis-server "
+                                                  "this bench starts).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Promotion to every daemon serving the new version (p50/p99 ms), under Predict load on every daemon.
+
+    Also counts the requests that failed on each daemon while versions swapped (the promise: 0).
+    """
+    from mlplat.bench import swap
+
+    _report(swap.run(daemons, swaps, clients, settle_s, hot_store, _progress(json_out)), json_out)
 
 
 @bench_app.command("stream")

@@ -17,6 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("command", [[], ["run"], ["query"], ["status"], ["bench"], ["bench", "warehouse"],
                                      ["bench", "balancer"], ["bench", "serve"], ["bench", "stream"], ["bench", "drift"],
+                                     ["bench", "swap"], ["bench", "ingest"],
                                      ["config", "show"]])
 def test_every_command_has_help(command: list[str]) -> None:
     """`--help` explains each command and exits 0."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from aiokafka.partitioner import murmur2
 
+from mlplat.backends import compact
 from mlplat.backends.bus import Message, TopicPartition
 from mlplat.errors import BackendError, BackendUnavailable, NotFound
 
@@ -120,8 +121,8 @@ class MemoryBus:
         part = found.partitions[index]
         offset = part.end
         part.log.append(Message(
-            topic, index, offset, key, bytes(value), int(time.time() * 1000),
-            tuple((str(k), bytes(v)) for k, v in headers),
+            topic, index, offset, None if key is None else compact(key), compact(value), int(time.time() * 1000),
+            tuple((str(k), compact(v)) for k, v in headers),
         ))
         if len(part.log) > self._retention:
             part.log.popleft()
