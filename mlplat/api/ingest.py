@@ -1,4 +1,7 @@
-"""IngestService: the client-streaming Upload RPC. Spools to disk in chunks, then hands the file over."""
+"""IngestService: the client-streaming Upload RPC. Spools to disk in chunks, then hands the file over.
+
+An upload that fails after some partitions were stored fails with the status of the first failure; its
+trailing metadata RESULT_METADATA holds an UploadResponse (incomplete = true) saying what was stored."""
 
 from __future__ import annotations
 
@@ -12,16 +15,20 @@ from pathlib import Path
 
 import grpc
 
-from mlplat.api.errors import rpc_errors
+from mlplat.api.errors import STATUS_OF, rpc_errors
 from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
 from mlplat.backends.bus import EventBus
-from mlplat.errors import Overloaded
+from mlplat.errors import MlplatError, Overloaded
 from mlplat.features.registry import FeatureRegistry
-from mlplat.ingest.batch import BatchIngest
+from mlplat.ingest.batch import BatchIngest, PartitionOutcome, UploadIncomplete, UploadSummary
 from mlplat.ingest.files import FileFormatError
 from mlplat.observability.metrics import Metrics
 
 PUBLISH_BATCH = 1000
+RESULT_METADATA = "mlplat-upload-bin"
+# the result rides in trailing metadata, which gRPC clients cap at 8 KiB with the status message (base64 of
+# a -bin value included): at most MAX_RUNS entries of not_stored, and texts cut short, keep it under 4 KiB
+MAX_RUNS, RUN_ERRORS, TEXT_CHARS = 50, 3, 200
 _UPLOAD_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -50,13 +57,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 )
             except FileFormatError as e:
                 raise ValueError(str(e)) from None
+            except UploadIncomplete as e:
+                context.set_trailing_metadata(((RESULT_METADATA, _result(e.summary)),))
+                kind = next((k for k, _ in STATUS_OF if isinstance(e.cause, k)), MlplatError)
+                raise kind(str(e)) from None  # the status of the first failure, the message of the whole
             finally:
                 await asyncio.to_thread(_remove, spool)
-        return ingest_pb2.UploadResponse(
-            upload_id=summary.upload_id, rows_accepted=summary.rows_accepted, rows_rejected=summary.rows_rejected,
-            first_reasons=summary.first_reasons, seconds=summary.seconds, partitions=summary.partitions,
-            bytes=summary.bytes, format=summary.format,
-        )
+        return _response(summary)
 
     async def Publish(
         self, request_iterator: AsyncIterator[ingest_pb2.PublishRequest], context: grpc.aio.ServicerContext
@@ -114,6 +121,41 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             await asyncio.to_thread(_remove, path)
             raise ValueError(f"upload ended after {received} of {size} bytes (truncated); nothing was ingested")
         return path
+
+
+def _response(summary: UploadSummary) -> ingest_pb2.UploadResponse:
+    return ingest_pb2.UploadResponse(
+        upload_id=summary.upload_id, rows_accepted=summary.rows_accepted, rows_rejected=summary.rows_rejected,
+        first_reasons=summary.first_reasons, seconds=summary.seconds, partitions=summary.partitions,
+        bytes=summary.bytes, format=summary.format, incomplete=bool(summary.not_stored),
+        not_stored=_runs(summary.not_stored),
+    )
+
+
+def _result(summary: UploadSummary) -> bytes:
+    """The summary of an incomplete upload, small enough for trailing metadata."""
+    result = _response(summary)
+    result.first_reasons[:] = [r[:TEXT_CHARS] for r in result.first_reasons]
+    return result.SerializeToString()
+
+
+def _runs(outcomes: list[PartitionOutcome]) -> list[ingest_pb2.UploadPartitions]:
+    """Consecutive partitions with the same error as one entry; at most MAX_RUNS (the last then spans the
+    rest, stored partitions between them included), error texts on the first RUN_ERRORS."""
+    runs: list[ingest_pb2.UploadPartitions] = []
+    for o in outcomes:
+        last = runs[-1] if runs else None
+        if last is not None and (len(runs) == MAX_RUNS or (o.part.index == last.last + 1 and o.error == last.error)):
+            last.last, last.end = o.part.index, o.part.end
+            last.rows_accepted += o.rows_accepted
+            last.rows_rejected += o.rows_rejected
+            continue
+        runs.append(ingest_pb2.UploadPartitions(
+            first=o.part.index, last=o.part.index, start=o.part.start, end=o.part.end, rows_accepted=o.rows_accepted,
+            rows_rejected=o.rows_rejected, error=o.error))
+    for i, run in enumerate(runs):
+        run.error = run.error[:TEXT_CHARS] if i < RUN_ERRORS else ""
+    return runs
 
 
 def _remove(path: Path) -> None:

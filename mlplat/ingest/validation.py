@@ -308,11 +308,17 @@ def _text_to_time(value: Any) -> dt.datetime | None:
 _TRUE, _FALSE = frozenset({"true", "1", "yes", "t"}), frozenset({"false", "0", "no", "f"})
 
 
+NULL_MARKERS = frozenset({"", "NA", "N/A", "#N/A", "NULL", "null", "NaN", "nan", "-NaN", "-nan", "None"})
+"""What CSV writers (R, Excel, databases) put for a missing number, bool or time. A string feature keeps them
+as written ("NA" is Namibia): there only an empty cell is null."""
+
+
 def _coerce_text(feature: Feature, values: list[Any]) -> tuple[pa.Array, np.ndarray]:
     """Strings from a CSV: one vectorised cast when the column is clean, value by value when it is not."""
-    texts = [None if v in (None, "") else str(v) for v in values]
     if feature.type == "string":
+        texts = [None if v in (None, "") else str(v) for v in values]
         return pa.array(texts, pa.string()), np.zeros(len(values), dtype=bool)
+    texts = [None if v is None or v in NULL_MARKERS else str(v) for v in values]
     if feature.type in ("int", "float"):
         try:
             return pc.cast(pa.array(texts, pa.string()), feature.arrow_type), np.zeros(len(values), dtype=bool)

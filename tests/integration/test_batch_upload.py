@@ -1,22 +1,28 @@
-"""Batch upload over gRPC: every format, partitioned files, idempotent retries, and clear refusals."""
+"""Batch upload over gRPC: every format, partitioned files, idempotent retries, partial failures, and clear
+refusals."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mlplat.api.ingest import RESULT_METADATA
 from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
+from mlplat.warehouse.writer import ArrowWrite, WriterConnection
 from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,17 +49,32 @@ def write(path: Path, fmt: str) -> Path:
     return path
 
 
-@pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, partition_bytes: int) -> AsyncIterator[Daemon]:
     d = Daemon(load_settings(
         warehouse={"url": f"duckdb://{tmp_path / 'w.duckdb'}"}, artifacts={"url": f"file://{tmp_path / 'a'}"},
         api={"grpc_port": 0, "http_port": 0}, balancer={"max_python_workers": 2, "spare_workers": 0},
         ingest={"features_file": str(REPO / "config" / "features.toml"), "spool_dir": str(tmp_path / "spool"),
-                "partition_bytes": 64 * 1024},
+                "partition_bytes": partition_bytes},
     ))
     await d.start()
-    yield d
-    await d.stop()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    async with running(tmp_path, 64 * 1024) as d:
+        yield d
+
+
+@pytest.fixture
+async def small_partitions(tmp_path: Path) -> AsyncIterator[Daemon]:
+    """ingest.partition_bytes at its least (1 KiB): a file of a few hundred KiB has hundreds of cuts."""
+    async with running(tmp_path, 1024) as d:
+        yield d
 
 
 def requests(path: Path, upload_id: str, fmt: str = "", size: int | None = None,
@@ -140,10 +161,140 @@ async def test_an_upload_whose_client_goes_away_mid_stream_ingests_nothing_and_a
     assert await count(daemon, "SELECT count(*) FROM dead_letters") == BAD
 
 
+TEXT = ["comma, inside", 'a "quoted" word', "line\nbreak", "crlf\r\nbreak", "ünïcödé ✓ 😀", '",\n"',
+        'all, "of"\n😀\r\n, it', " spaced ", "'single'", '"""', "ends\n"]
+
+
+async def test_csv_values_with_quoted_line_breaks_round_trip_across_every_partition_boundary(
+        small_partitions: Daemon, tmp_path: Path) -> None:
+    """A valid CSV whose values hold quoted line breaks, commas, quotes and UTF-8, in every record, cut into
+    hundreds of partitions: every value of every row is in the warehouse exactly as written."""
+    d = small_partitions
+    rows = [(f"e{i} {TEXT[i % len(TEXT)]}", f"u{i % 7} {TEXT[(i + 3) % len(TEXT)]}",
+             f"{TEXT[(i + 5) % len(TEXT)]}\n{i}") for i in range(2000)]
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["event_id", "user_id", "event_time", "label", "for_id"])
+        writer.writerows([event_id, user, 1_700_000_000 + i, i % 2, for_id]
+                         for i, (event_id, user, for_id) in enumerate(rows))
+    resp = await upload(d, requests(path, "quoted", feature_set="user_labels"))
+    assert (resp.rows_accepted, resp.rows_rejected, list(resp.first_reasons)) == (len(rows), 0, [])
+    assert resp.partitions > 100
+    stored = await d.warehouse.read("SELECT event_id, entity_id, for_id FROM fs_user_labels")
+    assert sorted(zip(*(stored.column(c).to_pylist() for c in stored.column_names), strict=True)) == sorted(rows)
+
+
+def fail_writes_of(monkeypatch: pytest.MonkeyPatch, event_id: str) -> list[bool]:
+    """While the returned flag holds, the warehouse cannot write a batch of rows holding event_id (injected
+    at the DuckDB connection: disk full); every other write goes through."""
+    failing = [True]
+    apply = WriterConnection.apply
+
+    def failing_apply(self: WriterConnection, commands: Any) -> list[int]:
+        for c in commands:
+            if failing[0] and isinstance(c, ArrowWrite) and c.table == "fs_user_activity" and \
+                    event_id in c.data.column("event_id").to_pylist():
+                raise duckdb.IOException('IO Error: Could not write file "w.duckdb": No space left on device')
+        return apply(self, commands)
+
+    monkeypatch.setattr(WriterConnection, "apply", failing_apply)
+    return failing
+
+
+async def cli(d: Daemon, *args: str) -> tuple[int, str, str]:
+    """`mlplat ingest ...` in its own process against the daemon."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mlplat", "ingest", *args, "--target", f"127.0.0.1:{d.api.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def event_ids(d: Daemon, sql: str) -> list[str]:
+    return [str(v) for v in (await d.warehouse.read(sql)).column(0).to_pylist()]
+
+
+async def test_a_partly_failed_upload_says_what_was_stored_and_the_same_upload_again_stores_the_rest_once(
+        daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One partition's rows cannot be written after others were committed: the upload fails, and its
+    result says exactly which rows were stored (all partitions but that one, and that one's dead letters,
+    which are written apart). `mlplat ingest` says so and what to do; trying again while the fault lasts
+    changes nothing, and once it is gone stores the rest: each row and each dead letter once."""
+    path = write(tmp_path / "events.ndjson", "ndjson")
+    failing = fail_writes_of(monkeypatch, "e1500")
+    code, out, err = await cli(daemon, str(path), "-f", "user_activity")
+    assert code == 1, err
+    head, *lines = out.splitlines()
+    assert head.startswith("events.ndjson: INCOMPLETE: ") and "partitions stored, " in head
+    [gap_line] = [i for i, line in enumerate(lines) if line.startswith("  not stored: partition ")]
+    assert "(bytes " in lines[gap_line] and "No space left on device" in lines[gap_line]
+    partly = "    stored of it nonetheless: 0 rows accepted, "  # its dead letters were stored
+    assert [line[:len(partly)] for line in lines[gap_line + 1:gap_line + 2]] == [partly]
+    assert err.strip() == "mlplat: upload incomplete: run the same command again to store the rest (rows already " \
+                          "stored are not stored twice)"
+
+    code, out, err = await cli(daemon, str(path), "-f", "user_activity", "--json")  # again, still failing
+    assert code == 1 and "upload incomplete" in err
+    report = json.loads(out)
+    assert report["complete"] is False and report["error"]["code"] == "INTERNAL"
+    [gap] = report["not_stored"]
+    assert gap["partitions"][0] == gap["partitions"][1] and 0 < gap["partitions"][0] < report["partitions"] - 1
+    assert "rows not stored" in gap["error"] and "No space left on device" in gap["error"]
+    start, end = gap["bytes"]
+    missing = [json.loads(line) for line in path.read_bytes()[start:end].splitlines()]
+    assert "e1500" in {r["event_id"] for r in missing}
+    good = {r["event_id"] for r in ROWS if r["spend_1h"] >= 0}
+    missing_good = {r["event_id"] for r in missing if r["spend_1h"] >= 0}
+    missing_bad = len(missing) - len(missing_good)
+    assert missing_bad > 0  # that partition's dead letters are among what was stored
+    assert (gap["rows_accepted"], gap["rows_rejected"]) == (0, missing_bad)
+    stored = await event_ids(daemon, "SELECT event_id FROM fs_user_activity")
+    assert sorted(stored) == sorted(good - missing_good)
+    assert (report["rows_accepted"], report["rows_rejected"]) == (len(stored), BAD)
+    assert await count(daemon, "SELECT count(*) FROM dead_letters") == BAD
+
+    failing[0] = False  # the disk is back: the same command again
+    code, out, err = await cli(daemon, str(path), "-f", "user_activity")
+    assert code == 0, err
+    assert out.startswith(f"events.ndjson: {len(ROWS) - BAD:,} rows accepted, {BAD:,} rejected")
+    assert sorted(await event_ids(daemon, "SELECT event_id FROM fs_user_activity")) == sorted(good)
+    dead = await event_ids(daemon, "SELECT event_id FROM dead_letters")
+    assert sorted(dead) == sorted(r["event_id"] for r in ROWS if r["spend_1h"] < 0)
+
+
+async def test_the_result_of_a_partly_failed_upload_is_in_the_error_s_metadata(
+        daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over gRPC: the status of the failure, a message naming what was stored and how to finish, and an
+    UploadResponse with incomplete = true in the trailing metadata; a successful upload is not incomplete."""
+    path = write(tmp_path / "events.parquet", "parquet")
+    failing = fail_writes_of(monkeypatch, "e1500")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await upload(daemon, requests(path, "part"))
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "upload part is incomplete" in details and "upload the same file again with upload id part" in details
+    [result] = [v for k, v in err.value.trailing_metadata() or () if k == RESULT_METADATA]
+    assert isinstance(result, bytes)
+    resp = ingest_pb2.UploadResponse.FromString(result)
+    assert resp.incomplete and resp.format == "parquet" and len(resp.not_stored) == 1
+    gap = resp.not_stored[0]
+    assert gap.start <= 2 < gap.end < 5  # row groups of 700 rows: e1500 is in the third, and not all are in it
+    missing = ROWS[gap.start * 700:gap.end * 700]
+    assert resp.rows_accepted == len(ROWS) - BAD - sum(1 for r in missing if r["spend_1h"] >= 0)
+    assert gap.rows_rejected == sum(1 for r in missing if r["spend_1h"] < 0)
+    failing[0] = False
+    ok = await upload(daemon, requests(path, "part"))
+    assert (ok.rows_accepted, ok.rows_rejected) == (len(ROWS) - BAD, BAD)
+    assert not ok.incomplete and not ok.not_stored
+
+
 @pytest.mark.parametrize(("content", "fmt", "named"), [
     (b"PAR1 not really parquet", "parquet", "Parquet"),
     (b'[{"event_id": "a"}, {"event_id": ', "json", "not closed"),
     (b"garbage", "xml", "unknown format"),
+    (b'event_id,user_id\ne1,"u1\ne2,u2\n', "csv", "quoted CSV value opened at byte 20 is never closed"),
 ])
 async def test_broken_files_are_refused_clearly(daemon: Daemon, tmp_path: Path, content: bytes, fmt: str,
                                                 named: str) -> None:

@@ -144,3 +144,24 @@ def test_text_tables_parse_strings_and_name_bad_values() -> None:
     assert batch.rows.to_pylist()[0]["n"] == 7 and batch.rows.to_pylist()[0]["flag"] is True
     assert [d.reason for d in batch.dead] == ["wrong_type: n='seven' is not int",
                                               "wrong_type: flag='maybe' is not bool"]
+
+
+def test_csv_null_markers_are_null_for_numbers_bools_and_times_but_values_for_strings() -> None:
+    """R writes NA, databases NULL, spreadsheets #N/A for a missing number; "NA" as a string is Namibia."""
+    import pyarrow as pa
+
+    from mlplat.ingest.validation import validate_table
+
+    fs = catalog_from_dict({"entities": {"user": {"key": "user_id"}}, "feature_sets": {"s": {"entity": "user",
+        "features": [{"name": "n", "type": "int"}, {"name": "flag", "type": "bool"},
+                     {"name": "seen", "type": "timestamp"}, {"name": "country", "type": "string"}]}}}
+    ).feature_sets["s"]
+    markers = ["NA", "NULL", "#N/A", "NaN", None]  # None: an empty cell, as the CSV reader gives it
+    table = pa.table({"event_id": [str(i) for i in range(len(markers))], "user_id": ["u"] * len(markers),
+                      "event_time": ["2026-01-01T00:00:00Z"] * len(markers), "n": markers, "flag": markers,
+                      "seen": markers, "country": markers})
+    batch = validate_table(fs, "user_id", table, NOW, from_text=True)
+    assert batch.dead == []
+    rows = batch.rows.to_pylist()
+    assert [(r["n"], r["flag"], r["seen"]) for r in rows] == [(None, None, None)] * len(markers)
+    assert [r["country"] for r in rows] == ["NA", "NULL", "#N/A", "NaN", None]

@@ -135,6 +135,8 @@ class UploadResponse(_message.Message):
     PARTITIONS_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
+    NOT_STORED_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     rows_accepted: _builtins.int
     rows_rejected: _builtins.int
@@ -142,10 +144,17 @@ class UploadResponse(_message.Message):
     partitions: _builtins.int
     bytes: _builtins.int
     format: _builtins.str
+    incomplete: _builtins.bool
+    """Only in the trailing metadata of a failed Upload: then rows_accepted and rows_rejected count the rows
+    that were stored, and not_stored lists the partitions that were not (wholly) stored; every other
+    partition is.
+    """
     @_builtins.property
     def first_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The first few dead-letter reasons, e.g. "out_of_range: clicks=-1 (min 0)"."""
 
+    @_builtins.property
+    def not_stored(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadPartitions]: ...
     def __init__(
         self,
         *,
@@ -157,11 +166,55 @@ class UploadResponse(_message.Message):
         partitions: _builtins.int = ...,
         bytes: _builtins.int = ...,
         format: _builtins.str = ...,
+        incomplete: _builtins.bool = ...,
+        not_stored: _abc.Iterable[Global___UploadPartitions] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "first_reasons", b"first_reasons", "format", b"format", "partitions", b"partitions", "rows_accepted", b"rows_accepted", "rows_rejected", b"rows_rejected", "seconds", b"seconds", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "first_reasons", b"first_reasons", "format", b"format", "incomplete", b"incomplete", "not_stored", b"not_stored", "partitions", b"partitions", "rows_accepted", b"rows_accepted", "rows_rejected", b"rows_rejected", "seconds", b"seconds", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadResponse: _TypeAlias = UploadResponse  # noqa: Y015
+
+@_typing.final
+class UploadPartitions(_message.Message):
+    """Consecutive partitions of an upload that were not stored, or only in part, for the same reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    ROWS_ACCEPTED_FIELD_NUMBER: _builtins.int
+    ROWS_REJECTED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    first: _builtins.int
+    """Partition numbers, first to last, both included."""
+    last: _builtins.int
+    start: _builtins.int
+    """Their part of the file: bytes [start, end) for NDJSON, JSON and CSV; row groups [start, end) for Parquet."""
+    end: _builtins.int
+    rows_accepted: _builtins.int
+    """Of their rows, stored nevertheless (rows and dead letters are written separately)."""
+    rows_rejected: _builtins.int
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        first: _builtins.int = ...,
+        last: _builtins.int = ...,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        rows_accepted: _builtins.int = ...,
+        rows_rejected: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "error", b"error", "first", b"first", "last", b"last", "rows_accepted", b"rows_accepted", "rows_rejected", b"rows_rejected", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadPartitions: _TypeAlias = UploadPartitions  # noqa: Y015

@@ -55,6 +55,10 @@ class IngestServiceServicer:
         """Client-streaming upload. The first message carries the header, the following ones the file's
         bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
         answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
+        Partitions are stored as they are ready, so an upload can fail after some were stored: the call then
+        fails with the status of the first failure, and its trailing metadata "mlplat-upload-bin" holds an
+        UploadResponse with incomplete = true that says what was stored. Uploading the same file again with
+        the same upload_id stores the rest, and nothing twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

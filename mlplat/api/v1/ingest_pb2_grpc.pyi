@@ -37,6 +37,10 @@ class IngestServiceStub:
     """Client-streaming upload. The first message carries the header, the following ones the file's
     bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
     answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
+    Partitions are stored as they are ready, so an upload can fail after some were stored: the call then
+    fails with the status of the first failure, and its trailing metadata "mlplat-upload-bin" holds an
+    UploadResponse with incomplete = true that says what was stored. Uploading the same file again with
+    the same upload_id stores the rest, and nothing twice.
     """
     Publish: _grpc.StreamUnaryMultiCallable[_ingest_pb2.PublishRequest, _ingest_pb2.PublishResponse]
     """Client-streaming publish of raw JSON events onto the daemon's bus (the topic of each event's feature
@@ -52,6 +56,10 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """Client-streaming upload. The first message carries the header, the following ones the file's
     bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
     answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
+    Partitions are stored as they are ready, so an upload can fail after some were stored: the call then
+    fails with the status of the first failure, and its trailing metadata "mlplat-upload-bin" holds an
+    UploadResponse with incomplete = true that says what was stored. Uploading the same file again with
+    the same upload_id stores the rest, and nothing twice.
     """
     Publish: _aio.StreamUnaryMultiCallable[_ingest_pb2.PublishRequest, _ingest_pb2.PublishResponse]  # type: ignore[assignment]
     """Client-streaming publish of raw JSON events onto the daemon's bus (the topic of each event's feature
@@ -70,6 +78,10 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         """Client-streaming upload. The first message carries the header, the following ones the file's
         bytes in order. The server spools to disk, parses in parallel partitions in worker processes and
         answers with a summary. Uploading again with the same upload_id changes nothing (idempotent retry).
+        Partitions are stored as they are ready, so an upload can fail after some were stored: the call then
+        fails with the status of the first failure, and its trailing metadata "mlplat-upload-bin" holds an
+        UploadResponse with incomplete = true that says what was stored. Uploading the same file again with
+        the same upload_id stores the rest, and nothing twice.
         """
 
     @_abc_1.abstractmethod
