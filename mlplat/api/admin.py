@@ -31,13 +31,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def Query(
         self, request: admin_pb2.QueryRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[admin_pb2.QueryResponse]:
-        async with rpc_errors(context, "Query", self._metrics):
+        async with rpc_errors(context, "Query", self._metrics):  # one block: the call is counted once
             result = await self._warehouse.query(
-                request.sql, max_rows=request.max_rows or None, use_cache=not request.no_cache
+                request.sql, max_rows=request.max_rows or None, use_cache=not request.no_cache, lossless=True
             )
-        yield admin_pb2.QueryResponse(columns=columns_of(result.table.schema))
-        async with rpc_errors(context, "Query", self._metrics):
-            for rows in rows_of(result.table):
+            yield admin_pb2.QueryResponse(columns=columns_of(result.table.schema))
+            for rows in rows_of(result.table, typed=request.typed):
                 for message in self._fitting(rows):
                     yield message
                     await asyncio.sleep(0)  # let other RPCs in between large results

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pyarrow as pa
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
-from mlplat.api.convert import columns_of, rows_of
+from mlplat.api.convert import columns_of, feature_values, rows_of
 from mlplat.api.errors import rpc_errors
 from mlplat.api.v1 import admin_pb2, features_pb2, features_pb2_grpc
 from mlplat.backends.hotstore import HotStore
@@ -76,14 +76,18 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 raise ValueError(f"at most {MAX_ENTITIES} entity_ids per call, not {len(request.entity_ids)}")
             fs = self._registry.get(request.feature_set)
             found = await read_online(self._hot_store, self._warehouse, fs, list(request.entity_ids))
-        entities = []
-        for entity_id in request.entity_ids:
-            values = found.get(entity_id)
-            struct = struct_pb2.Struct()
-            if values is not None:
-                struct.update(values)
-            entities.append(features_pb2.EntityFeatures(entity_id=entity_id, found=values is not None,
-                                                        features=struct))
+            features = [(f.name, f.type) for f in fs.features]
+            entities = []
+            for entity_id in request.entity_ids:
+                values = found.get(entity_id)
+                if values is not None and request.typed:
+                    entity = features_pb2.EntityFeatures(entity_id=entity_id, found=True,
+                                                         values=feature_values(features, values))
+                else:
+                    entity = features_pb2.EntityFeatures(entity_id=entity_id, found=values is not None)
+                    if values is not None:  # the legacy Struct: every number a double
+                        entity.features.update(values)
+                entities.append(entity)
         return features_pb2.GetOnlineFeaturesResponse(entities=entities)
 
     async def GetHistoricalFeatures(
@@ -103,8 +107,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 **{name: [e.get(name) for e in extras] for name in extra_names},
             })
             result = await training_set(self._warehouse, self._registry, spine, list(request.features))
-        yield admin_pb2.QueryResponse(columns=columns_of(result.schema))
-        for rows in rows_of(result):
-            yield admin_pb2.QueryResponse(rows=rows)
-            await asyncio.sleep(0)
+            yield admin_pb2.QueryResponse(columns=columns_of(result.schema))
+            for rows in rows_of(result, typed=request.typed):
+                yield admin_pb2.QueryResponse(rows=rows)
+                await asyncio.sleep(0)
         yield admin_pb2.QueryResponse(truncated=False)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import grpc
 import typer
 
-from mlplat.api.convert import from_value
+from mlplat.api.convert import cell_text, from_typed, from_value, json_ready
 from mlplat.api.v1 import admin_pb2, admin_pb2_grpc
 from mlplat.errors import MlplatError
 
@@ -111,32 +111,52 @@ def query_command(
 
     Writes, file access (read_csv, 'file.parquet') and other databases are refused.
     Example: mlplat query "SELECT * FROM audit_log ORDER BY recorded_at DESC LIMIT 5"
+
+    Values keep their SQL types: integers print as integers, DECIMAL with its exact digits (a string in
+    --json), dates and times as ISO 8601 (with the offset for a time zone), lists and structs as JSON,
+    NULL as NULL (null in --json), NaN and infinities as "NaN", "Infinity", "-Infinity".
     """
     columns: list[dict[str, str]] = []
     rows: list[list[Any]] = []
-    truncated = cached = False
+    truncated = cached = untyped = False
     with channel(target) as ch:
         stub = admin_pb2_grpc.AdminServiceStub(ch)
-        for msg in stub.Query(admin_pb2.QueryRequest(sql=sql, max_rows=max_rows, no_cache=no_cache)):
+        for msg in stub.Query(admin_pb2.QueryRequest(sql=sql, max_rows=max_rows, no_cache=no_cache, typed=True)):
             columns.extend({"name": c.name, "type": c.type} for c in msg.columns)
-            rows.extend([from_value(v) for v in r.values] for r in msg.rows)
+            for r in msg.rows:
+                if r.values and not r.typed_values:  # a daemon from before typed values ignores `typed`
+                    untyped = True
+                    rows.append([from_value(v) for v in r.values])
+                else:
+                    rows.append([from_typed(v) for v in r.typed_values])
             truncated = truncated or msg.truncated
             cached = cached or msg.cached
+    if untyped:
+        print(f"mlplat: warning: the daemon at {target} is older than this client and sends every number as a "
+              "double (42.0): upgrade it for exact types", file=sys.stderr)
     if json_out:
-        typer.echo(json.dumps({"columns": columns, "rows": rows, "truncated": truncated, "cached": cached}))
+        typer.echo(_query_json(columns, rows, truncated, cached))
         return
     _print_table(columns, rows)
     if truncated:
         print(f"(truncated at {len(rows)} rows)", file=sys.stderr)
 
 
-def _print_table(columns: list[dict[str, str]], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _query_json(columns: list[dict[str, str]], rows: list[list[Any]], truncated: bool, cached: bool) -> str:
+    """Strict JSON (no NaN token): the value mapping is convert.json_ready's."""
+    return json.dumps({"columns": columns, "rows": json_ready(rows), "truncated": truncated, "cached": cached},
+                      allow_nan=False)
 
-    table = Table(*(c["name"] for c in columns), show_lines=False)
+
+def _print_table(columns: list[dict[str, str]], rows: list[list[Any]]) -> None:
+    """Cells as plain text (no rich markup: a value "[red]x" prints as itself), folded rather than cut."""
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    table = Table(*(Column(Text(c["name"]), overflow="fold") for c in columns), show_lines=False)
     for row in rows:
-        table.add_row(*("NULL" if v is None else str(v) for v in row))
+        table.add_row(*(Text(cell_text(v)) for v in row))
     Console().print(table)
     print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", file=sys.stderr)
 

@@ -163,9 +163,9 @@ def test_predict_stream_answers_every_request(channel: grpc.Channel, requests: l
                      st.sampled_from(["DROP TABLE audit_log", "SELECT * FROM read_csv('/etc/passwd')",
                                       "COPY audit_log TO '/tmp/x'", "ATTACH '/tmp/x.db'", "SELECT 1/0",
                                       "SELECT repeat('x', 100000000)", "PRAGMA version"])),
-       max_rows=uint32, no_cache=st.booleans())
-def test_query(channel: grpc.Channel, sql: str, max_rows: int, no_cache: bool) -> None:
-    request = admin_pb2.QueryRequest(sql=sql, max_rows=max_rows, no_cache=no_cache)
+       max_rows=uint32, no_cache=st.booleans(), typed=st.booleans())
+def test_query(channel: grpc.Channel, sql: str, max_rows: int, no_cache: bool, typed: bool) -> None:
+    request = admin_pb2.QueryRequest(sql=sql, max_rows=max_rows, no_cache=no_cache, typed=typed)
     outcome(lambda: list(admin_pb2_grpc.AdminServiceStub(channel).Query(request, timeout=20)))
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mlplat/v1/admin.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\"?\n\x0cQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08max_rows\x18\x02 \x01(\r\x12\x10\n\x08no_cache\x18\x03 \x01(\x08\"$\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"-\n\x03Row\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.google.protobuf.Value\"t\n\rQueryResponse\x12\"\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x11.mlplat.v1.Column\x12\x1c\n\x04rows\x18\x02 \x03(\x0b\x32\x0e.mlplat.v1.Row\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\"\x0f\n\rStatusRequest\"7\n\x0b\x43heckStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc4\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12&\n\x06\x63hecks\x18\x03 \x03(\x0b\x32\x16.mlplat.v1.CheckStatus\x12\x39\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\'.mlplat.v1.StatusResponse.BackendsEntry\x1a/\n\rBackendsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x8b\x01\n\x0c\x41\x64minService\x12<\n\x05Query\x12\x17.mlplat.v1.QueryRequest\x1a\x18.mlplat.v1.QueryResponse0\x01\x12=\n\x06Status\x12\x18.mlplat.v1.StatusRequest\x1a\x19.mlplat.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mlplat/v1/admin.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\"N\n\x0cQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x10\n\x08max_rows\x18\x02 \x01(\r\x12\x10\n\x08no_cache\x18\x03 \x01(\x08\x12\r\n\x05typed\x18\x04 \x01(\x08\"$\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"Z\n\x03Row\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.google.protobuf.Value\x12+\n\x0ctyped_values\x18\x02 \x03(\x0b\x32\x15.mlplat.v1.TypedValue\"\x93\x04\n\nTypedValue\x12\x30\n\nnull_value\x18\x01 \x01(\x0e\x32\x1a.google.protobuf.NullValueH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x12H\x00\x12\x14\n\nuint_value\x18\x04 \x01(\x04H\x00\x12\x17\n\rbig_int_value\x18\x05 \x01(\tH\x00\x12\x16\n\x0c\x64ouble_value\x18\x06 \x01(\x01H\x00\x12\x15\n\x0b\x66loat_value\x18\x07 \x01(\x02H\x00\x12\x17\n\rdecimal_value\x18\x08 \x01(\tH\x00\x12\x16\n\x0cstring_value\x18\t \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\n \x01(\x0cH\x00\x12\x19\n\x0ftimestamp_value\x18\x0b \x01(\tH\x00\x12\x14\n\ndate_value\x18\x0c \x01(\tH\x00\x12\x14\n\ntime_value\x18\r \x01(\tH\x00\x12\x18\n\x0einterval_value\x18\x0e \x01(\tH\x00\x12\x13\n\tbit_value\x18\x0f \x01(\tH\x00\x12*\n\nlist_value\x18\x10 \x01(\x0b\x32\x14.mlplat.v1.TypedListH\x00\x12.\n\x0cstruct_value\x18\x11 \x01(\x0b\x32\x16.mlplat.v1.TypedStructH\x00\x12(\n\tmap_value\x18\x12 \x01(\x0b\x32\x13.mlplat.v1.TypedMapH\x00\x42\x06\n\x04kind\"2\n\tTypedList\x12%\n\x06values\x18\x01 \x03(\x0b\x32\x15.mlplat.v1.TypedValue\"4\n\x0bTypedStruct\x12%\n\x06\x66ields\x18\x01 \x03(\x0b\x32\x15.mlplat.v1.TypedField\"@\n\nTypedField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.mlplat.v1.TypedValue\"5\n\x08TypedMap\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.mlplat.v1.TypedMapEntry\"Y\n\rTypedMapEntry\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.mlplat.v1.TypedValue\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.mlplat.v1.TypedValue\"t\n\rQueryResponse\x12\"\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x11.mlplat.v1.Column\x12\x1c\n\x04rows\x18\x02 \x03(\x0b\x32\x0e.mlplat.v1.Row\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\"\x0f\n\rStatusRequest\"7\n\x0b\x43heckStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc4\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12&\n\x06\x63hecks\x18\x03 \x03(\x0b\x32\x16.mlplat.v1.CheckStatus\x12\x39\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\'.mlplat.v1.StatusResponse.BackendsEntry\x1a/\n\rBackendsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x8b\x01\n\x0c\x41\x64minService\x12<\n\x05Query\x12\x17.mlplat.v1.QueryRequest\x1a\x18.mlplat.v1.QueryResponse0\x01\x12=\n\x06Status\x12\x18.mlplat.v1.StatusRequest\x1a\x19.mlplat.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSRESPONSE_BACKENDSENTRY']._loaded_options = None
   _globals['_STATUSRESPONSE_BACKENDSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYREQUEST']._serialized_start=66
-  _globals['_QUERYREQUEST']._serialized_end=129
-  _globals['_COLUMN']._serialized_start=131
-  _globals['_COLUMN']._serialized_end=167
-  _globals['_ROW']._serialized_start=169
-  _globals['_ROW']._serialized_end=214
-  _globals['_QUERYRESPONSE']._serialized_start=216
-  _globals['_QUERYRESPONSE']._serialized_end=332
-  _globals['_STATUSREQUEST']._serialized_start=334
-  _globals['_STATUSREQUEST']._serialized_end=349
-  _globals['_CHECKSTATUS']._serialized_start=351
-  _globals['_CHECKSTATUS']._serialized_end=406
-  _globals['_STATUSRESPONSE']._serialized_start=409
-  _globals['_STATUSRESPONSE']._serialized_end=605
-  _globals['_STATUSRESPONSE_BACKENDSENTRY']._serialized_start=558
-  _globals['_STATUSRESPONSE_BACKENDSENTRY']._serialized_end=605
-  _globals['_ADMINSERVICE']._serialized_start=608
-  _globals['_ADMINSERVICE']._serialized_end=747
+  _globals['_QUERYREQUEST']._serialized_end=144
+  _globals['_COLUMN']._serialized_start=146
+  _globals['_COLUMN']._serialized_end=182
+  _globals['_ROW']._serialized_start=184
+  _globals['_ROW']._serialized_end=274
+  _globals['_TYPEDVALUE']._serialized_start=277
+  _globals['_TYPEDVALUE']._serialized_end=808
+  _globals['_TYPEDLIST']._serialized_start=810
+  _globals['_TYPEDLIST']._serialized_end=860
+  _globals['_TYPEDSTRUCT']._serialized_start=862
+  _globals['_TYPEDSTRUCT']._serialized_end=914
+  _globals['_TYPEDFIELD']._serialized_start=916
+  _globals['_TYPEDFIELD']._serialized_end=980
+  _globals['_TYPEDMAP']._serialized_start=982
+  _globals['_TYPEDMAP']._serialized_end=1035
+  _globals['_TYPEDMAPENTRY']._serialized_start=1037
+  _globals['_TYPEDMAPENTRY']._serialized_end=1126
+  _globals['_QUERYRESPONSE']._serialized_start=1128
+  _globals['_QUERYRESPONSE']._serialized_end=1244
+  _globals['_STATUSREQUEST']._serialized_start=1246
+  _globals['_STATUSREQUEST']._serialized_end=1261
+  _globals['_CHECKSTATUS']._serialized_start=1263
+  _globals['_CHECKSTATUS']._serialized_end=1318
+  _globals['_STATUSRESPONSE']._serialized_start=1321
+  _globals['_STATUSRESPONSE']._serialized_end=1517
+  _globals['_STATUSRESPONSE_BACKENDSENTRY']._serialized_start=1470
+  _globals['_STATUSRESPONSE_BACKENDSENTRY']._serialized_end=1517
+  _globals['_ADMINSERVICE']._serialized_start=1520
+  _globals['_ADMINSERVICE']._serialized_end=1659
 # @@protoc_insertion_point(module_scope)

@@ -26,21 +26,25 @@ class QueryRequest(_message.Message):
     SQL_FIELD_NUMBER: _builtins.int
     MAX_ROWS_FIELD_NUMBER: _builtins.int
     NO_CACHE_FIELD_NUMBER: _builtins.int
+    TYPED_FIELD_NUMBER: _builtins.int
     sql: _builtins.str
     max_rows: _builtins.int
     """At most this many rows (0: the server's limit, warehouse.query_max_rows)."""
     no_cache: _builtins.bool
     """Skip the query cache and read the warehouse."""
+    typed: _builtins.bool
+    """Answer in Row.typed_values, which keep every type exactly; unset, rows come in Row.values as before."""
     def __init__(
         self,
         *,
         sql: _builtins.str = ...,
         max_rows: _builtins.int = ...,
         no_cache: _builtins.bool = ...,
+        typed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_rows", b"max_rows", "no_cache", b"no_cache", "sql", b"sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_rows", b"max_rows", "no_cache", b"no_cache", "sql", b"sql", "typed", b"typed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -54,7 +58,9 @@ class Column(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: _builtins.str
-    """DuckDB/Arrow type name, e.g. "int64", "string", "timestamp[us]"."""
+    """Arrow type name, e.g. "int64", "string", "timestamp[us, tz=Etc/UTC]", "list<l: int32>"; DuckDB's name
+    where Arrow has none ("hugeint", "uhugeint", "bignum", "bit", "time_tz", "uuid", "json").
+    """
     def __init__(
         self,
         *,
@@ -74,16 +80,146 @@ class Row(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
+    TYPED_VALUES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def values(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]:
-        """One value per column, in column order. Integers beyond 2^53 and decimals come as strings,
-        timestamps as ISO 8601 strings, binary as base64 strings.
+        """Without `typed` in the request, one JSON-like value per column, in column order. google.protobuf.Value
+        has only doubles, so an integer reads as a double (42.0): kept for clients from before typed_values.
+        Integers beyond 2^53, decimals and NaN come as strings, timestamps as ISO 8601 strings, binary as base64.
         """
+
+    @_builtins.property
+    def typed_values(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypedValue]:
+        """With `typed`: one value per column, in column order, as the warehouse typed it."""
 
     def __init__(
         self,
         *,
         values: _abc.Iterable[_struct_pb2.Value] | None = ...,
+        typed_values: _abc.Iterable[Global___TypedValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["typed_values", b"typed_values", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Row: _TypeAlias = Row  # noqa: Y015
+
+@_typing.final
+class TypedValue(_message.Message):
+    """One value of a result, exactly. The column's type (Column.type) says which SQL type it has; the kind says
+    how it travels: an integer is int_value when it fits 64 bits whatever its column type (a HUGEINT sum of 6
+    too). Dates and times travel as ISO 8601 text because the warehouse's range (infinity, year 294247, 24:00,
+    nanoseconds) is wider than google.protobuf.Timestamp's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NULL_VALUE_FIELD_NUMBER: _builtins.int
+    BOOL_VALUE_FIELD_NUMBER: _builtins.int
+    INT_VALUE_FIELD_NUMBER: _builtins.int
+    UINT_VALUE_FIELD_NUMBER: _builtins.int
+    BIG_INT_VALUE_FIELD_NUMBER: _builtins.int
+    DOUBLE_VALUE_FIELD_NUMBER: _builtins.int
+    FLOAT_VALUE_FIELD_NUMBER: _builtins.int
+    DECIMAL_VALUE_FIELD_NUMBER: _builtins.int
+    STRING_VALUE_FIELD_NUMBER: _builtins.int
+    BYTES_VALUE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_VALUE_FIELD_NUMBER: _builtins.int
+    DATE_VALUE_FIELD_NUMBER: _builtins.int
+    TIME_VALUE_FIELD_NUMBER: _builtins.int
+    INTERVAL_VALUE_FIELD_NUMBER: _builtins.int
+    BIT_VALUE_FIELD_NUMBER: _builtins.int
+    LIST_VALUE_FIELD_NUMBER: _builtins.int
+    STRUCT_VALUE_FIELD_NUMBER: _builtins.int
+    MAP_VALUE_FIELD_NUMBER: _builtins.int
+    null_value: _struct_pb2.NullValue.ValueType
+    """SQL NULL"""
+    bool_value: _builtins.bool
+    int_value: _builtins.int
+    """every integer from -2^63 to 2^63 - 1"""
+    uint_value: _builtins.int
+    """integers from 2^63 to 2^64 - 1 (UBIGINT)"""
+    big_int_value: _builtins.str
+    """integers beyond 64 bits (HUGEINT, UHUGEINT, BIGNUM), in base 10"""
+    double_value: _builtins.float
+    """DOUBLE; NaN and +-infinity as themselves"""
+    float_value: _builtins.float
+    """FLOAT (32 bits)"""
+    decimal_value: _builtins.str
+    """DECIMAL(p, s): exact, with s digits after the point ("1.50")"""
+    string_value: _builtins.str
+    """VARCHAR, ENUM, UUID, JSON"""
+    bytes_value: _builtins.bytes
+    """BLOB"""
+    timestamp_value: _builtins.str
+    """"2026-01-02T03:04:05.123456", with the UTC offset ("+00:00") when the column has a time zone; the
+    fraction has 6 digits (9 for nanosecond columns), none when zero; "infinity", "-infinity"
+    """
+    date_value: _builtins.str
+    """"2026-01-02"; a year outside 0000-9999 signed: "+294247-01-10", "-0044-03-15" """
+    time_value: _builtins.str
+    """"12:34:56.500000", with the offset for TIME WITH TIME ZONE"""
+    interval_value: _builtins.str
+    """ISO 8601 duration: "P1Y2M3DT4H5M6.5S", each part signed ("P-1M"), "PT0S" """
+    bit_value: _builtins.str
+    """BIT, as its digits ("0101")"""
+    @_builtins.property
+    def list_value(self) -> Global___TypedList:
+        """LIST, ARRAY"""
+
+    @_builtins.property
+    def struct_value(self) -> Global___TypedStruct:
+        """STRUCT, fields in their declared order"""
+
+    @_builtins.property
+    def map_value(self) -> Global___TypedMap:
+        """MAP, entries in order"""
+
+    def __init__(
+        self,
+        *,
+        null_value: _struct_pb2.NullValue.ValueType = ...,
+        bool_value: _builtins.bool = ...,
+        int_value: _builtins.int = ...,
+        uint_value: _builtins.int = ...,
+        big_int_value: _builtins.str = ...,
+        double_value: _builtins.float = ...,
+        float_value: _builtins.float = ...,
+        decimal_value: _builtins.str = ...,
+        string_value: _builtins.str = ...,
+        bytes_value: _builtins.bytes = ...,
+        timestamp_value: _builtins.str = ...,
+        date_value: _builtins.str = ...,
+        time_value: _builtins.str = ...,
+        interval_value: _builtins.str = ...,
+        bit_value: _builtins.str = ...,
+        list_value: Global___TypedList | None = ...,
+        struct_value: Global___TypedStruct | None = ...,
+        map_value: Global___TypedMap | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["big_int_value", b"big_int_value", "bit_value", b"bit_value", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "date_value", b"date_value", "decimal_value", b"decimal_value", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "interval_value", b"interval_value", "kind", b"kind", "list_value", b"list_value", "map_value", b"map_value", "null_value", b"null_value", "string_value", b"string_value", "struct_value", b"struct_value", "time_value", b"time_value", "timestamp_value", b"timestamp_value", "uint_value", b"uint_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["big_int_value", b"big_int_value", "bit_value", b"bit_value", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "date_value", b"date_value", "decimal_value", b"decimal_value", "double_value", b"double_value", "float_value", b"float_value", "int_value", b"int_value", "interval_value", b"interval_value", "kind", b"kind", "list_value", b"list_value", "map_value", b"map_value", "null_value", b"null_value", "string_value", b"string_value", "struct_value", b"struct_value", "time_value", b"time_value", "timestamp_value", b"timestamp_value", "uint_value", b"uint_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "bool_value", "int_value", "uint_value", "big_int_value", "double_value", "float_value", "decimal_value", "string_value", "bytes_value", "timestamp_value", "date_value", "time_value", "interval_value", "bit_value", "list_value", "struct_value", "map_value"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___TypedValue: _TypeAlias = TypedValue  # noqa: Y015
+
+@_typing.final
+class TypedList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypedValue]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[Global___TypedValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -91,7 +227,94 @@ class Row(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Row: _TypeAlias = Row  # noqa: Y015
+Global___TypedList: _TypeAlias = TypedList  # noqa: Y015
+
+@_typing.final
+class TypedStruct(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypedField]: ...
+    def __init__(
+        self,
+        *,
+        fields: _abc.Iterable[Global___TypedField] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypedStruct: _TypeAlias = TypedStruct  # noqa: Y015
+
+@_typing.final
+class TypedField(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def value(self) -> Global___TypedValue: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: Global___TypedValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypedField: _TypeAlias = TypedField  # noqa: Y015
+
+@_typing.final
+class TypedMap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypedMapEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___TypedMapEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypedMap: _TypeAlias = TypedMap  # noqa: Y015
+
+@_typing.final
+class TypedMapEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___TypedValue: ...
+    @_builtins.property
+    def value(self) -> Global___TypedValue: ...
+    def __init__(
+        self,
+        *,
+        key: Global___TypedValue | None = ...,
+        value: Global___TypedValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypedMapEntry: _TypeAlias = TypedMapEntry  # noqa: Y015
 
 @_typing.final
 class QueryResponse(_message.Message):

@@ -23,34 +23,41 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mlplat.api.v1 import admin_pb2 as mlplat_dot_v1_dot_admin__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlplat/v1/features.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x15mlplat/v1/admin.proto\"J\n\x19RegisterFeatureSetRequest\x12\x18\n\x10\x66\x65\x61ture_set_json\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_json\x18\x02 \x01(\t\"U\n\x1aRegisterFeatureSetResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x18\n\x10\x66\x65\x61ture_set_json\x18\x03 \x01(\t\"\x18\n\x16ListFeatureSetsRequest\"4\n\x17ListFeatureSetsResponse\x12\x19\n\x11\x66\x65\x61ture_sets_json\x18\x01 \x03(\t\"C\n\x18GetOnlineFeaturesRequest\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\"]\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x19GetOnlineFeaturesResponse\x12+\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x19.mlplat.v1.EntityFeatures\"X\n\x08SpineRow\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12&\n\x05\x65xtra\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x1cGetHistoricalFeaturesRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12\"\n\x05spine\x18\x02 \x03(\x0b\x32\x13.mlplat.v1.SpineRow2\x8b\x03\n\x0e\x46\x65\x61tureService\x12\x61\n\x12RegisterFeatureSet\x12$.mlplat.v1.RegisterFeatureSetRequest\x1a%.mlplat.v1.RegisterFeatureSetResponse\x12X\n\x0fListFeatureSets\x12!.mlplat.v1.ListFeatureSetsRequest\x1a\".mlplat.v1.ListFeatureSetsResponse\x12^\n\x11GetOnlineFeatures\x12#.mlplat.v1.GetOnlineFeaturesRequest\x1a$.mlplat.v1.GetOnlineFeaturesResponse\x12\\\n\x15GetHistoricalFeatures\x12\'.mlplat.v1.GetHistoricalFeaturesRequest\x1a\x18.mlplat.v1.QueryResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mlplat/v1/features.proto\x12\tmlplat.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mlplat/v1/admin.proto\"J\n\x19RegisterFeatureSetRequest\x12\x18\n\x10\x66\x65\x61ture_set_json\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_json\x18\x02 \x01(\t\"U\n\x1aRegisterFeatureSetResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x18\n\x10\x66\x65\x61ture_set_json\x18\x03 \x01(\t\"\x18\n\x16ListFeatureSetsRequest\"4\n\x17ListFeatureSetsResponse\x12\x19\n\x11\x66\x65\x61ture_sets_json\x18\x01 \x03(\t\"R\n\x18GetOnlineFeaturesRequest\x12\x13\n\x0b\x66\x65\x61ture_set\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12\r\n\x05typed\x18\x03 \x01(\x08\"\xc1\x01\n\x0c\x46\x65\x61tureValue\x12\x15\n\x0bint64_value\x18\x01 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12\x35\n\x0ftimestamp_value\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x15\n\x0b\x62ytes_value\x18\x06 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xdc\x01\n\x0e\x45ntityFeatures\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x06values\x18\x04 \x03(\x0b\x32%.mlplat.v1.EntityFeatures.ValuesEntry\x1a\x46\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.mlplat.v1.FeatureValue:\x02\x38\x01\"H\n\x19GetOnlineFeaturesResponse\x12+\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x19.mlplat.v1.EntityFeatures\"X\n\x08SpineRow\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12&\n\x05\x65xtra\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"c\n\x1cGetHistoricalFeaturesRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\t\x12\"\n\x05spine\x18\x02 \x03(\x0b\x32\x13.mlplat.v1.SpineRow\x12\r\n\x05typed\x18\x03 \x01(\x08\x32\x8b\x03\n\x0e\x46\x65\x61tureService\x12\x61\n\x12RegisterFeatureSet\x12$.mlplat.v1.RegisterFeatureSetRequest\x1a%.mlplat.v1.RegisterFeatureSetResponse\x12X\n\x0fListFeatureSets\x12!.mlplat.v1.ListFeatureSetsRequest\x1a\".mlplat.v1.ListFeatureSetsResponse\x12^\n\x11GetOnlineFeatures\x12#.mlplat.v1.GetOnlineFeaturesRequest\x1a$.mlplat.v1.GetOnlineFeaturesResponse\x12\\\n\x15GetHistoricalFeatures\x12\'.mlplat.v1.GetHistoricalFeaturesRequest\x1a\x18.mlplat.v1.QueryResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlplat.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERFEATURESETREQUEST']._serialized_start=92
-  _globals['_REGISTERFEATURESETREQUEST']._serialized_end=166
-  _globals['_REGISTERFEATURESETRESPONSE']._serialized_start=168
-  _globals['_REGISTERFEATURESETRESPONSE']._serialized_end=253
-  _globals['_LISTFEATURESETSREQUEST']._serialized_start=255
-  _globals['_LISTFEATURESETSREQUEST']._serialized_end=279
-  _globals['_LISTFEATURESETSRESPONSE']._serialized_start=281
-  _globals['_LISTFEATURESETSRESPONSE']._serialized_end=333
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=335
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=402
-  _globals['_ENTITYFEATURES']._serialized_start=404
-  _globals['_ENTITYFEATURES']._serialized_end=497
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=499
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=571
-  _globals['_SPINEROW']._serialized_start=573
-  _globals['_SPINEROW']._serialized_end=661
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=663
-  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=747
-  _globals['_FEATURESERVICE']._serialized_start=750
-  _globals['_FEATURESERVICE']._serialized_end=1145
+  _globals['_ENTITYFEATURES_VALUESENTRY']._loaded_options = None
+  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_REGISTERFEATURESETREQUEST']._serialized_start=125
+  _globals['_REGISTERFEATURESETREQUEST']._serialized_end=199
+  _globals['_REGISTERFEATURESETRESPONSE']._serialized_start=201
+  _globals['_REGISTERFEATURESETRESPONSE']._serialized_end=286
+  _globals['_LISTFEATURESETSREQUEST']._serialized_start=288
+  _globals['_LISTFEATURESETSREQUEST']._serialized_end=312
+  _globals['_LISTFEATURESETSRESPONSE']._serialized_start=314
+  _globals['_LISTFEATURESETSRESPONSE']._serialized_end=366
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=368
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=450
+  _globals['_FEATUREVALUE']._serialized_start=453
+  _globals['_FEATUREVALUE']._serialized_end=646
+  _globals['_ENTITYFEATURES']._serialized_start=649
+  _globals['_ENTITYFEATURES']._serialized_end=869
+  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_start=799
+  _globals['_ENTITYFEATURES_VALUESENTRY']._serialized_end=869
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=871
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=943
+  _globals['_SPINEROW']._serialized_start=945
+  _globals['_SPINEROW']._serialized_end=1033
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_start=1035
+  _globals['_GETHISTORICALFEATURESREQUEST']._serialized_end=1134
+  _globals['_FEATURESERVICE']._serialized_start=1137
+  _globals['_FEATURESERVICE']._serialized_end=1532
 # @@protoc_insertion_point(module_scope)

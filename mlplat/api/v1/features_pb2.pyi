@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -113,7 +114,10 @@ class GetOnlineFeaturesRequest(_message.Message):
 
     FEATURE_SET_FIELD_NUMBER: _builtins.int
     ENTITY_IDS_FIELD_NUMBER: _builtins.int
+    TYPED_FIELD_NUMBER: _builtins.int
     feature_set: _builtins.str
+    typed: _builtins.bool
+    """Answer in EntityFeatures.values, typed as the feature set declares; unset, in the features Struct as before."""
     @_builtins.property
     def entity_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -121,36 +125,110 @@ class GetOnlineFeaturesRequest(_message.Message):
         *,
         feature_set: _builtins.str = ...,
         entity_ids: _abc.Iterable[_builtins.str] | None = ...,
+        typed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_ids", b"entity_ids", "feature_set", b"feature_set"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_ids", b"entity_ids", "feature_set", b"feature_set", "typed", b"typed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOnlineFeaturesRequest: _TypeAlias = GetOnlineFeaturesRequest  # noqa: Y015
 
 @_typing.final
+class FeatureValue(_message.Message):
+    """One online feature value, of its feature's declared type: int64_value for "int", double_value for
+    "float", string_value, bool_value, timestamp_value. No kind set: the value is null.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INT64_VALUE_FIELD_NUMBER: _builtins.int
+    DOUBLE_VALUE_FIELD_NUMBER: _builtins.int
+    STRING_VALUE_FIELD_NUMBER: _builtins.int
+    BOOL_VALUE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_VALUE_FIELD_NUMBER: _builtins.int
+    BYTES_VALUE_FIELD_NUMBER: _builtins.int
+    int64_value: _builtins.int
+    double_value: _builtins.float
+    string_value: _builtins.str
+    bool_value: _builtins.bool
+    bytes_value: _builtins.bytes
+    """no feature type uses it yet"""
+    @_builtins.property
+    def timestamp_value(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        int64_value: _builtins.int = ...,
+        double_value: _builtins.float = ...,
+        string_value: _builtins.str = ...,
+        bool_value: _builtins.bool = ...,
+        timestamp_value: _timestamp_pb2.Timestamp | None = ...,
+        bytes_value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "double_value", b"double_value", "int64_value", b"int64_value", "kind", b"kind", "string_value", b"string_value", "timestamp_value", b"timestamp_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_value", b"bool_value", "bytes_value", b"bytes_value", "double_value", b"double_value", "int64_value", b"int64_value", "kind", b"kind", "string_value", b"string_value", "timestamp_value", b"timestamp_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["int64_value", "double_value", "string_value", "bool_value", "timestamp_value", "bytes_value"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___FeatureValue: _TypeAlias = FeatureValue  # noqa: Y015
+
+@_typing.final
 class EntityFeatures(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___FeatureValue: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___FeatureValue | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     FOUND_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     found: _builtins.bool
     @_builtins.property
-    def features(self) -> _struct_pb2.Struct: ...
+    def features(self) -> _struct_pb2.Struct:
+        """Without `typed` in the request: google.protobuf.Struct has only doubles, so the int 23 reads 23.0 and a
+        timestamp is an ISO 8601 string. Kept for clients from before `values`.
+        """
+
+    @_builtins.property
+    def values(self) -> _containers.MessageMap[_builtins.str, Global___FeatureValue]:
+        """With `typed`, when found: every feature of the set by name (a null one with no kind set)."""
+
     def __init__(
         self,
         *,
         entity_id: _builtins.str = ...,
         found: _builtins.bool = ...,
         features: _struct_pb2.Struct | None = ...,
+        values: _abc.Mapping[_builtins.str, Global___FeatureValue] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "found", b"found"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "features", b"features", "found", b"found", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -211,6 +289,9 @@ class GetHistoricalFeaturesRequest(_message.Message):
 
     FEATURES_FIELD_NUMBER: _builtins.int
     SPINE_FIELD_NUMBER: _builtins.int
+    TYPED_FIELD_NUMBER: _builtins.int
+    typed: _builtins.bool
+    """Answer in Row.typed_values (see QueryRequest.typed)."""
     @_builtins.property
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"set.feature", or "set" for every feature of the set."""
@@ -222,10 +303,11 @@ class GetHistoricalFeaturesRequest(_message.Message):
         *,
         features: _abc.Iterable[_builtins.str] | None = ...,
         spine: _abc.Iterable[Global___SpineRow] | None = ...,
+        typed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "spine", b"spine"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "spine", b"spine", "typed", b"typed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
