@@ -6,11 +6,13 @@ what was expected, on one line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -21,6 +23,7 @@ from pydantic_settings import (
 )
 
 from mlplat.backends import artifacts, bus, hotstore
+from mlplat.backends.security import SaslLogin, SaslMechanism, TlsFiles
 from mlplat.backends.urls import redact_url, scheme_of
 from mlplat.errors import ConfigError
 
@@ -48,9 +51,16 @@ def _read_secret_file(path: Path | None, key: str) -> str | None:
 
 
 class HotStoreSettings(_Section):
-    url: str = Field("memory://", description="memory:// (embedded) or redis://host:6379/0")
+    url: str = Field("memory://", description="memory:// (embedded), redis://host:6379/0 or rediss:// (TLS)")
+    username: str | None = Field(None, description="Redis ACL user, with the password below (default: the URL's "
+                                                   "user, else Redis' default user)")
     password: SecretStr | None = Field(None, description="Redis password; set by env, never in a file")
     password_file: Path | None = Field(None, description="file holding the Redis password")
+    tls_ca_file: Path | None = Field(None, description="rediss://: PEM CA bundle the server's certificate must "
+                                                      "chain to (default: the system's CAs)")
+    tls_cert_file: Path | None = Field(None, description="rediss://: PEM client certificate, for a server "
+                                                        "that asks for one")
+    tls_key_file: Path | None = Field(None, description="rediss://: PEM private key of tls_cert_file")
 
     @field_validator("url")
     @classmethod
@@ -62,14 +72,86 @@ class HotStoreSettings(_Section):
             return self.password.get_secret_value()
         return _read_secret_file(self.password_file, "hot_store.password_file")
 
+    def login(self) -> tuple[str | None, str | None]:
+        """(username, password) for Redis; an ACL user without a password is a ConfigError, not a late
+        WRONGPASS."""
+        password = self.secret()
+        if self.username and not password and not urlsplit(self.url).password:
+            raise ConfigError(f"config: hot_store.username = {self.username!r} needs a password: set "
+                              "MLPLAT_HOT_STORE__PASSWORD or hot_store.password_file")
+        return self.username or None, password
+
+    def tls(self) -> TlsFiles | None:
+        """The TLS client files of a rediss:// URL, read now (None: no TLS)."""
+        if scheme_of(self.url) != "rediss":
+            for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"config: hot_store.{key} is set but hot_store.url = "
+                                      f"{redact_url(self.url)!r} does not use TLS: use a rediss:// URL")
+            return None
+        files = TlsFiles("hot_store", self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        files.context()
+        return files
+
 
 class BusSettings(_Section):
     url: str = Field("memory://", description="memory:// (embedded) or kafka://host:9092[,host:9092]")
+    tls: bool = Field(False, description="connect to the brokers over TLS (SSL), verified against tls_ca_file")
+    tls_ca_file: Path | None = Field(None, description="PEM CA bundle the brokers' certificates must chain to "
+                                                      "(default: the system's CAs)")
+    tls_cert_file: Path | None = Field(None, description="PEM client certificate, for brokers that ask for one")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL login: PLAIN, SCRAM-SHA-256 or "
+                                                                   "SCRAM-SHA-512; none: no login")
+    sasl_username: str | None = Field(None, description="SASL user (Azure Event Hubs: $ConnectionString)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password; set by env, never in a file")
+    sasl_password_file: Path | None = Field(None, description="file holding the SASL password")
+    consumer_stall_s: float = Field(30.0, gt=0, description="a Kafka consumer stuck this long (out of its group, "
+                                    "no coordinator, or short of its partitions) while the broker answers is "
+                                    "closed and created again")
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _check_scheme(v, bus.SCHEMES)
+
+    @field_validator("sasl_mechanism", mode="before")
+    @classmethod
+    def _mechanism(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    def security(self) -> tuple[TlsFiles | None, SaslLogin | None]:
+        """TLS files (read now) and the SASL login for the Kafka clients; settings that cannot work together
+        are a ConfigError naming the key."""
+        password = (self.sasl_password.get_secret_value() if self.sasl_password is not None
+                    else _read_secret_file(self.sasl_password_file, "bus.sasl_password_file"))
+        set_keys = [key for key in ("tls_ca_file", "tls_cert_file", "tls_key_file", "sasl_mechanism",
+                                    "sasl_username", "sasl_password", "sasl_password_file")
+                    if getattr(self, key) is not None] + (["tls"] if self.tls else [])
+        if scheme_of(self.url) != "kafka":
+            if set_keys:
+                raise ConfigError(f"config: bus.{set_keys[0]} is set but bus.url = {redact_url(self.url)!r} "
+                                  "connects to no broker: use a kafka:// URL")
+            return None, None
+        if not self.tls:
+            for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"config: bus.{key} is set but bus.tls = false: set bus.tls = true")
+        files = TlsFiles("bus", self.tls_ca_file, self.tls_cert_file, self.tls_key_file) if self.tls else None
+        if files is not None:
+            files.context()
+        if self.sasl_mechanism is None:
+            for key in ("sasl_username", "sasl_password", "sasl_password_file"):
+                if key in set_keys:
+                    raise ConfigError(f"config: bus.{key} is set but bus.sasl_mechanism is not: set it to PLAIN, "
+                                      "SCRAM-SHA-256 or SCRAM-SHA-512")
+            return files, None
+        if not self.sasl_username:
+            raise ConfigError(f"config: bus.sasl_mechanism = {self.sasl_mechanism!r} needs bus.sasl_username")
+        if not password:
+            raise ConfigError(f"config: bus.sasl_username = {self.sasl_username!r} needs a password: set "
+                              "MLPLAT_BUS__SASL_PASSWORD or bus.sasl_password_file")
+        return files, SaslLogin(self.sasl_mechanism, self.sasl_username, password)
 
 
 class ArtifactSettings(_Section):
@@ -100,6 +182,10 @@ class WarehouseSettings(_Section):
     cache_enabled: bool = Field(True, description="answer repeated read queries from the hot store")
     cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached query result")
     cache_max_bytes: int = Field(8 * 1024 * 1024, ge=0, description="larger results are not cached")
+    memory_limit: str | None = Field(
+        None, pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory_limit, e.g. '512MB' (default: DuckDB's own, 80% of RAM); with it, DuckDB "
+                    "keeps the event-id indexes of checkpointed data on disk instead of in memory")
 
     @field_validator("url")
     @classmethod
@@ -129,6 +215,8 @@ class ApiSettings(_Section):
     admin_token: SecretStr | None = Field(None, description="token for every RPC, including those that change "
                                                             "state; set by env")
     admin_token_file: Path | None = Field(None, description="file holding the admin token")
+    allow_plaintext: bool = Field(False, description="a listener other machines can reach without TLS is meant "
+                                                     "(a trusted network): no warning at start-up")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiSettings:
@@ -164,6 +252,47 @@ class ApiSettings(_Section):
                 raise ConfigError(f"config: {key} = {str(path)!r}: cannot read ({e.strerror})") from None
         return data["api.tls_cert_file"], data["api.tls_key_file"], data.get("api.tls_client_ca_file")
 
+    def check_exposure(self) -> list[str]:
+        """Refuse a listener other machines can reach without an admin token (ConfigError); return a warning
+        for each such listener that is plaintext, unless allow_plaintext says that is meant.
+
+        The HTTP listener counts too: it serves only /metrics and health today (they stay open), but the
+        console will serve pages that change state on it, and a deployment valid now must not become an open
+        console then."""
+        exposed = [(key, host) for key, host in (("api.host", self.host), ("api.http_host", self.http_host))
+                   if not is_loopback(host)]
+        if not exposed:
+            return []
+        if self.tokens()[1] is None:
+            keys = ", ".join(f"{key} = {host!r}" for key, host in exposed)
+            raise ConfigError(f"config: {keys}: not loopback, and no admin token is set: an API other machines "
+                              "can reach needs one (set api.admin_token_file or MLPLAT_API__ADMIN_TOKEN, or bind "
+                              "127.0.0.1)")
+        if self.allow_plaintext:
+            return []
+        warnings = []
+        for key, host in exposed:
+            if key == "api.host" and self.tls_cert_file is None:
+                warnings.append(f"{key} = {host!r} without TLS: tokens and data cross the network in plaintext "
+                                "(set api.tls_cert_file and api.tls_key_file, or api.allow_plaintext = true "
+                                "on a trusted network)")
+            elif key == "api.http_host":
+                warnings.append(f"{key} = {host!r}: HTTP has no TLS, /metrics and health cross the network in "
+                                "plaintext (api.allow_plaintext = true on a trusted network)")
+        return warnings
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1 or localhost. A host name or an empty host (every
+    interface) counts as reachable from elsewhere."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
 
 class SupervisorSettings(_Section):
     restart_initial_s: float = Field(0.5, gt=0, description="first restart delay of a crashed service")
@@ -172,6 +301,8 @@ class SupervisorSettings(_Section):
     crash_loop_window_s: float = Field(60.0, gt=0, description="window for counting restarts")
     shutdown_deadline_s: float = Field(10.0, gt=0, description="SIGTERM to exit, at most")
     health_interval_s: float = Field(2.0, gt=0, description="how often backends are pinged")
+    startup_wait_s: float = Field(60.0, ge=0, description="how long start-up waits for backends still starting "
+                                                          "(retrying with backoff) before giving up")
 
 
 def _cpu_count() -> int:
@@ -268,7 +399,8 @@ class MonitoringSettings(_Section):
     """Drift runs: each production model's recent predictions against its training window."""
 
     bucket_s: float = Field(3600.0, gt=0, description="width of the time buckets compared with the reference")
-    bins: int = Field(10, ge=2, le=1000, description="bins (reference quantiles) for PSI, KL and JS")
+    bins: int = Field(10, ge=2, le=1000, description="bins for PSI, KL and JS: reference quantiles, or one per value "
+                                                     "(and per gap) when the reference has at most this many")
     min_rows: int = Field(100, ge=1, description="fewer current rows than this: not enough data, no verdict")
     reference_max_rows: int = Field(1_000_000, ge=100, description="reference rows read at most (newest first)")
     thresholds: dict[str, float] = Field(
@@ -277,9 +409,19 @@ class MonitoringSettings(_Section):
     )
     detect_on: list[str] = Field(default_factory=lambda: ["psi", "ks"],
                                  description="statistics whose crossing counts as drift")
+    categorical_thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"psi": 0.2, "unseen_share": 0.05},
+        description="the same for string and bool features (psi, chi2, unseen_share)",
+    )
+    categorical_detect_on: list[str] = Field(default_factory=lambda: ["psi", "unseen_share"],
+                                             description="categorical statistics whose crossing counts as drift")
     labels_feature_set: str | None = Field("user_labels", description="feature set whose events are ground truth")
     label_feature: str = Field("label", description="the feature of those events that holds the label")
-    label_horizon_s: float = Field(86_400.0, gt=0, description="a label older than this never matches a prediction")
+    label_for_feature: str = Field("for_id", description="the feature of those events naming the prediction they "
+                                                        "are for: its event id (streaming) or request id (Predict)")
+    label_match_tolerance_s: float = Field(
+        60.0, gt=0, description="a label without that id matches its entity's first prediction at or after the "
+                                "label's time, at most this much later")
     label_delay_s: float = Field(0.0, ge=0, description="labels arrive this long after the moment they describe: "
                                                        "predictions newer than this are not judged yet")
     performance_tolerance: float = Field(
@@ -293,6 +435,15 @@ class MonitoringSettings(_Section):
         unknown = sorted(set(v) - known)
         if unknown:
             raise ValueError(f"unknown statistic {unknown[0]!r} (expected {', '.join(sorted(known))})")
+        return v
+
+    @field_validator("categorical_thresholds", "categorical_detect_on")
+    @classmethod
+    def _known_categorical(cls, v: dict[str, float] | list[str]) -> dict[str, float] | list[str]:
+        known = {"psi", "chi2", "unseen_share"}  # chi2_pvalue falls with drift: no "at or above" threshold
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown categorical statistic {unknown[0]!r} (expected {', '.join(sorted(known))})")
         return v
 
 
@@ -378,6 +529,9 @@ def _one_line(error: ValidationError) -> str:
             parts.append(f"{key}: unknown key")
             continue
         value = e.get("input")
+        if isinstance(value, (dict, list)):  # a check across a section: its raw input may hold secrets
+            parts.append(f"{key}: {msg}")
+            continue
         shown = redact_url(value) if isinstance(value, str) else value
         if "password" in key or "connection_string" in key or "token" in key:
             shown = "***"
@@ -397,9 +551,24 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config: cannot read {str(path)!r}: {e.strerror}") from None
 
 
+FILE_SECRETS = {"hot_store": ("password",), "bus": ("sasl_password",)}
+"""Secrets a config file may not hold (files get committed, copied and shown): env or a *_file only."""
+
+
+def _refuse_file_secrets(data: dict[str, Any], path: Path) -> None:
+    for section, keys in FILE_SECRETS.items():
+        table = data.get(section)
+        for key in keys:
+            if isinstance(table, dict) and key in table:
+                raise ConfigError(f"config: {section}.{key} in {str(path)!r}: secrets never go in the config file; "
+                                  f"set MLPLAT_{section.upper()}__{key.upper()} or {section}.{key}_file")
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; raises ConfigError with one line naming key, value and expectation."""
     file_data = read_config_file(config_file) if config_file else {}
+    if config_file:
+        _refuse_file_secrets(file_data, config_file)
     token = _config_file.set(file_data)
     try:
         settings = Settings(**overrides)
@@ -408,7 +577,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     finally:
         _config_file.reset(token)
     # resolve secret files now, so a missing file is a start-up error rather than a late surprise
-    settings.hot_store.secret()
+    settings.hot_store.login()
+    settings.hot_store.tls()
+    settings.bus.security()
     settings.artifacts.secret(dict(os.environ))
     settings.api.tokens()
     settings.api.tls()

@@ -66,6 +66,10 @@ from mlplat.warehouse.cache import QueryCache
 
 log = get_logger("daemon")
 
+STARTUP_RETRY_INITIAL_S = 0.5
+STARTUP_RETRY_MAX_S = 5.0
+"""Pauses between start-up attempts to reach a backend: the first, doubling up to the second."""
+
 
 class Daemon:
     """Everything one `mlplat run` process owns. Tests build one in-process with port 0."""
@@ -74,14 +78,19 @@ class Daemon:
         self.settings = settings
         self.metrics = Metrics()
         self.readiness = Readiness()
-        password = settings.hot_store.secret()
+        username, password = settings.hot_store.login()
+        bus_tls, sasl = settings.bus.security()
         connection_string = settings.artifacts.secret(dict(os.environ))
         read_token, admin_token = settings.api.tokens()
-        for secret in (password, connection_string, read_token, admin_token):
+        for secret in (password, sasl.password if sasl else None, connection_string, read_token, admin_token):
             register_secret(secret)
+        for warning in settings.api.check_exposure():  # refuses an exposed API without a token before any bind
+            log.warning("api_plaintext", reason=warning)
 
-        self.hot_store: HotStore = open_hot_store(settings.hot_store.url, password=password)
-        self.bus: EventBus = open_bus(settings.bus.url)
+        self.hot_store: HotStore = open_hot_store(settings.hot_store.url, password=password, username=username,
+                                                  tls=settings.hot_store.tls())
+        self.bus: EventBus = open_bus(settings.bus.url, tls=bus_tls, sasl=sasl,
+                                      consumer_stall_s=settings.bus.consumer_stall_s, metrics=self.metrics)
         self.artifacts: ArtifactStore = open_artifact_store(
             settings.artifacts.url, connection_string=connection_string
         )
@@ -172,17 +181,40 @@ class Daemon:
         )
 
     async def connect_backends(self) -> None:
-        """Reach every backend once; an unreachable one at start-up is fatal, with its URL in the error."""
+        """Reach every backend, waiting for those still starting (compose, Kubernetes start everything at once)
+        with backoff up to supervisor.startup_wait_s; one still unreachable then is fatal, its URL in the error."""
         connects: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("hot_store", self.hot_store.connect), ("bus", self.bus.connect), ("artifacts", self.artifacts.connect),
         ]
+        deadline = asyncio.get_running_loop().time() + self.settings.supervisor.startup_wait_s
         for name, connect in connects:
             try:
-                await connect()
-            except BackendUnavailable:
+                await self._wait_for(name, connect, deadline)
+            except BaseException:
                 await self.close_backends()
                 raise
             log.info("backend_connected", backend=name, url=self.backends[name])
+
+    async def _wait_for(self, name: str, connect: Callable[[], Awaitable[None]], deadline: float) -> None:
+        """Connect, retrying an unreachable backend (doubling pauses) until the deadline. Other errors (a
+        wrong setting the backend reported) end start-up at once."""
+        loop = asyncio.get_running_loop()
+        pause = STARTUP_RETRY_INITIAL_S
+        while True:
+            try:
+                await connect()
+                return
+            except BackendUnavailable as e:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise BackendUnavailable(
+                        f"{e} (gave up after supervisor.startup_wait_s = {self.settings.supervisor.startup_wait_s:g} s)"
+                    ) from None
+                pause = min(pause, left)
+                log.warning("backend_waiting", backend=name, url=self.backends[name], error=str(e),
+                            retry_in_s=round(pause, 2), gives_up_in_s=round(left, 1))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, STARTUP_RETRY_MAX_S)
 
     async def close_backends(self) -> None:
         for close in (self.bus.aclose, self.hot_store.aclose, self.artifacts.aclose):
@@ -238,7 +270,19 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await daemon.start()
+        starting = asyncio.create_task(daemon.start(), name="daemon-start")
+        stopping = asyncio.create_task(stop.wait(), name="daemon-stop-signal")
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            stopping.cancel()
+            starting.result()  # a start-up error ends here
+        else:  # a signal while waiting for backends (or starting services): start() undoes what it began
+            starting.cancel()
+            try:
+                await starting
+            except asyncio.CancelledError:
+                log.info("daemon_stopped", clean=True, during="start-up")
+                return 0
         await stop.wait()
         clean = await daemon.stop()
     finally:

@@ -32,6 +32,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Swaps", "short", [(f"sum by (model) (increase(mlplat_model_swaps_total{{{M}}}[1h]))", "{{model}}")]),
     ("Feature drift (PSI)", "short", [(f'mlplat_feature_drift{{{M}, statistic="psi"}}', "{{model}} {{feature}}")]),
     ("Feature drift (KS)", "short", [(f'mlplat_feature_drift{{{M}, statistic="ks"}}', "{{model}} {{feature}}")]),
+    ("String and bool features: share in categories the reference lacks", "percentunit", [
+        (f'mlplat_feature_drift{{{M}, statistic="unseen_share"}}', "{{model}} {{feature}}")]),
     ("Prediction drift", "short", [(f"mlplat_prediction_drift{{{M}}}", "{{model}} {{statistic}}")]),
     ("Drift detected", "short", [(f"mlplat_drift_detected{{{M}}}", "{{model}}")]),
     ("Performance against labels", "percentunit", [

@@ -9,9 +9,10 @@ READ_TOKEN = "read-6f1c2a9e7d"
 ADMIN_TOKEN = "admin-9b3e44c1f0"
 REDIS_PASSWORD = "very-secret-pw"
 SAS_SIGNATURE = "c2VjcmV0LXNpZ25hdHVyZS1kby1ub3Qtc2hvdw%3D%3D"
+KAFKA_SASL_PASSWORD = "sasl-pw-5e8b21c7"
 
 TEST_SECRETS = (READ_TOKEN, ADMIN_TOKEN, REDIS_PASSWORD, SAS_SIGNATURE, AZURITE_KEY, "right-pw", "wrong-pw",
-                "from-file-secret", "from-env-secret")
+                "from-file-secret", "from-env-secret", KAFKA_SASL_PASSWORD)
 
 
 def leaked_in(text: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Real servers for integration tests: started on free loopback ports, stopped afterwards.
 
-With CI=true a server that cannot start fails the test run; elsewhere the test is skipped with the reason.
+A server that cannot start fails the test that needs it, with the reason, everywhere (CI or not): never a skip.
 """
 
 from __future__ import annotations
@@ -110,17 +110,42 @@ def _port_ready(server: ServerProcess) -> bool:
     return port_open(server.port)
 
 
-def start_redis(workdir: Path, password: str | None = None) -> ServerProcess:
+@dataclass(frozen=True)
+class RedisTls:
+    """A TLS-only Redis (rediss://): its certificate and key, and the CA that verifies client certificates,
+    which it requires when `clients_must_present` (mutual TLS) and otherwise only checks if presented."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    clients_must_present: bool = False
+
+
+def start_redis(workdir: Path, password: str | None = None, *, tls: RedisTls | None = None,
+                acl_user: tuple[str, str] | None = None) -> ServerProcess:
+    """acl_user (name, password): the only user able to log in (Redis' default user is off)."""
     exe = shutil.which("redis-server") or missing("redis-server (apt-get install redis-server)")
     port = free_port()
     auth = ["--requirepass", password] if password else []
+    if acl_user is not None:
+        auth += ["--user", acl_user[0], "on", f">{acl_user[1]}", "~*", "&*", "+@all", "--user", "default", "off"]
+    listen = ["--port", str(port)]
+    if tls is not None:
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.cert), "--tls-key-file",
+                  str(tls.key), "--tls-ca-cert-file", str(tls.client_ca),
+                  "--tls-auth-clients", "yes" if tls.clients_must_present else "optional"]
     server = ServerProcess(
-        "redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "redis", [exe, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                   "--dir", str(workdir), *auth],
-        port, workdir, _redis_ready,
+        port, workdir, _redis_ready if tls is None else _redis_tls_ready,
     )
     server.start()
     return server
+
+
+def _redis_tls_ready(server: ServerProcess) -> bool:
+    """A TLS port may want a client certificate before a PING: the log says when it accepts connections."""
+    return port_open(server.port) and "Ready to accept connections" in server.tail()
 
 
 def _redis_ready(server: ServerProcess) -> bool:
@@ -144,11 +169,17 @@ def tansu_binary() -> str:
     return str(exe)
 
 
-def start_tansu(workdir: Path, s3: ServerProcess | None = None) -> ServerProcess:
+def start_tansu(workdir: Path, s3: ServerProcess | None = None, *, advertised_port: int | None = None,
+                authentication: bool = False) -> ServerProcess:
     """Tansu keeping its log in memory (lost when it stops), or, given an S3 server, in a bucket there: a
-    broker that keeps its topics, records and committed offsets across a restart, as Kafka does on disk."""
+    broker that keeps its topics, records and committed offsets across a restart, as Kafka does on disk.
+
+    advertised_port: the port clients are told to use (a TLS proxy's, see start_tls_proxy).
+    authentication: every client must log in with SASL SCRAM-SHA-256/512 first; Tansu 0.6 stores users only
+    in PostgreSQL, which the tests do not run, so with memory or S3 storage every login is refused."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = url if advertised_port is None else f"tcp://127.0.0.1:{advertised_port}"
     env = {"RUST_LOG": "warn"}
     storage = "memory://tansu/"
     if s3 is not None:
@@ -158,10 +189,22 @@ def start_tansu(workdir: Path, s3: ServerProcess | None = None) -> ServerProcess
         env |= {"AWS_ENDPOINT": f"http://127.0.0.1:{s3.port}", "AWS_ALLOW_HTTP": "true",
                 "AWS_ACCESS_KEY_ID": "tansu", "AWS_SECRET_ACCESS_KEY": "tansu", "AWS_DEFAULT_REGION": "us-east-1"}
     server = ServerProcess(
-        "tansu", [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                  "--storage-engine", storage],
+        "tansu", [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
+                  "--storage-engine", storage, *(["--authentication"] if authentication else [])],
         port, workdir, _port_ready, env=env,
     )
+    server.start()
+    return server
+
+
+def start_tls_proxy(workdir: Path, target_port: int, cert: Path, key: Path, *, port: int | None = None,
+                    client_ca: Path | None = None) -> ServerProcess:
+    """TLS on 127.0.0.1:port in front of a plaintext server (tests/tls_proxy.py); with client_ca, clients
+    must present a certificate it signed. Tansu 0.6 has no TLS listener: this is how the tests reach it
+    over TLS, as through a TLS load balancer."""
+    port = free_port() if port is None else port
+    argv = [sys.executable, str(REPO / "tests" / "tls_proxy.py"), str(port), str(target_port), str(cert), str(key)]
+    server = ServerProcess("tls-proxy", argv + ([str(client_ca)] if client_ca else []), port, workdir, _port_ready)
     server.start()
     return server
 

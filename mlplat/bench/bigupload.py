@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import subprocess
 import tempfile
 import threading
@@ -169,5 +170,6 @@ def run(size_mb: int, partition_mb: float, progress: Callable[[str], None] = lam
         "rows_lost": rows - distinct, "rows_duplicated": stored - distinct,
     })
     params: dict[str, Any] = {"size_mb": size_mb, "partition_mb": partition_mb, "rss_promise_mb": RSS_PROMISE_MB,
+                              "warehouse_memory_limit": os.environ.get("MLPLAT_WAREHOUSE__MEMORY_LIMIT", "duckdb's"),
                               "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     return BenchResult("ingest-big", params, metrics)

@@ -121,7 +121,8 @@ def config_show(
     data = settings.model_dump(mode="json")
     for section in data.values():
         for key, value in list(section.items()):
-            if key in ("password", "connection_string", "read_token", "admin_token") and value is not None:
+            if key in ("password", "sasl_password", "connection_string", "read_token", "admin_token") \
+                    and value is not None:
                 section[key] = "***"
             elif key == "url" and isinstance(value, str):
                 section[key] = redact_url(value)

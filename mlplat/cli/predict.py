@@ -1,9 +1,10 @@
 """`mlplat predict`: ask a served model, interactively (seed 000 Service B) or once, for scripts.
 
 Interactive: pick a production model, then answer one prompt per input feature (name and type shown,
-checked before anything is sent); with an entity id, features left empty come from the online store.
-Each answer shows the score, the version that answered and the latency. Tab completes model names and
-commands, arrows walk the history (kept in ~/.mlplat_history), Ctrl-D or :quit leaves.
+checked before anything is sent); with an entity id, the REPL shows the entity's values in the online store
+and a feature left empty takes its stored value. Each answer shows the score, the version that answered and
+the latency. Tab completes model names and commands, arrows walk the history (kept in ~/.mlplat_history
+across runs), Ctrl-D or :quit leaves.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
-from mlplat.api.v1 import models_pb2, models_pb2_grpc
+from mlplat.api.v1 import features_pb2, features_pb2_grpc, models_pb2, models_pb2_grpc
 from mlplat.cli.client import ClientError, JsonOption, TargetOption, channel
 
 HISTORY = Path.home() / ".mlplat_history"
+HISTORY_LINES = 1000
 COMMANDS = (":models", ":quit")
 _TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
@@ -83,7 +85,7 @@ def predict_command(
                    f"{result.score:.6g}  ({result.model} v{result.version}, {result.latency_ms:.2f} ms)")
         return
     with channel(target) as ch:
-        Repl(models_pb2_grpc.PredictionServiceStub(ch), model).loop()
+        Repl(models_pb2_grpc.PredictionServiceStub(ch), model, features_pb2_grpc.FeatureServiceStub(ch)).loop()
 
 
 def _predict(stub: models_pb2_grpc.PredictionServiceStub, model: str, given: dict[str, Any], entity: str | None,
@@ -95,9 +97,22 @@ def _predict(stub: models_pb2_grpc.PredictionServiceStub, model: str, given: dic
     return response
 
 
+def show_value(kind: str, value: Any) -> str:
+    """A stored value as the user would type it (the online store answers numbers as floats)."""
+    if kind == "bool" and isinstance(value, bool):
+        return "true" if value else "false"
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 class Repl:
-    def __init__(self, stub: models_pb2_grpc.PredictionServiceStub, model: str | None) -> None:
+    def __init__(self, stub: models_pb2_grpc.PredictionServiceStub, model: str | None,
+                 features: features_pb2_grpc.FeatureServiceStub | None = None) -> None:
         self._stub = stub
+        self._features = features
         self._model = model
         self._names: list[str] = []
         self._readline: Any = None
@@ -109,6 +124,7 @@ class Repl:
         readline.set_completer(self._complete)
         readline.set_completer_delims(" \t")
         readline.parse_and_bind("tab: complete")
+        readline.set_history_length(HISTORY_LINES)
         with contextlib.suppress(OSError):
             readline.read_history_file(HISTORY)
 
@@ -169,16 +185,52 @@ class Repl:
         print(f"{info.model} v{info.version} takes: " + ", ".join(f"{f.name} ({f.type})" for f in info.features))
         return info
 
-    def _one(self, info: models_pb2.ModelVersionInfo) -> None:
-        entity = ""
-        if info.feature_set:
+    def _stored(self, feature_set: str, entity: str) -> dict[str, Any] | None:
+        """The entity's values in the online store ({} if it cannot be read: the server fills in); None if it has
+        none."""
+        if self._features is None:
+            return {}
+        try:
+            response = self._features.GetOnlineFeatures(
+                features_pb2.GetOnlineFeaturesRequest(feature_set=feature_set, entity_ids=[entity]))
+        except grpc.RpcError as e:
+            print(f"  the online store could not be read ({e.details()}): Enter leaves a feature to the server")
+            return {}
+        found = [e for e in response.entities if e.entity_id == entity and e.found]
+        if not found:
+            return None
+        values: dict[str, Any] = json_format.MessageToDict(found[0].features)
+        return {name: value for name, value in values.items() if value is not None}
+
+    def _entity(self, info: models_pb2.ModelVersionInfo) -> tuple[str, dict[str, Any]]:
+        """An entity id with its stored values, shown; ("", {}) to type every feature."""
+        while True:
             entity = self.ask(f"entity id in {info.feature_set} (Enter: type every feature)> ")
+            if not entity:
+                return "", {}
+            stored = self._stored(info.feature_set, entity)
+            if stored is None:
+                print(f"  {entity!r} has nothing in the online store: type another id, or Enter to type every "
+                      "feature")
+                continue
+            if stored:
+                print(f"  {entity} in the online store: " + ", ".join(
+                    f"{f.name}={show_value(f.type, stored[f.name])}" for f in info.features if f.name in stored))
+            return entity, stored
+
+    def _one(self, info: models_pb2.ModelVersionInfo) -> None:
+        entity, stored = self._entity(info) if info.feature_set else ("", {})
         given: dict[str, Any] = {}
         for f in info.features:
+            # Enter takes the stored value; with no answer from the store ({}) the server looks it up all the same
+            from_store = bool(entity) and (f.name in stored or not stored)
             while True:
-                hint = " [Enter: from the store]" if entity else ""
+                hint = ""
+                if from_store:
+                    shown = f"{show_value(f.type, stored[f.name])} " if f.name in stored else ""
+                    hint = f" [Enter: {shown}from the store]"
                 text = self.ask(f"{f.name} ({f.type}){hint}> ")
-                if not text and entity:
+                if not text and from_store:
                     break
                 try:
                     given[f.name] = parse_value(f.type, text)

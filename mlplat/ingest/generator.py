@@ -134,7 +134,8 @@ def generate_labelled(
 
 
 def label_for(record: dict[str, Any], spec: GeneratorSpec) -> dict[str, Any]:
-    """Ground truth for an event: a noisy rule a model can learn, about half of them 1.
+    """Ground truth for an event: a noisy rule a model can learn, about half of them 1. It names the event in
+    `for_id`, so a drift run judges the prediction made on that event against it (its time is the event's).
 
     The rule reads each numeric feature relative to its population's centre, shift included: when the
     generator shifts a feature, what counts as "high" moves with it (concept drift), so a model trained
@@ -151,7 +152,7 @@ def label_for(record: dict[str, Any], spec: GeneratorSpec) -> dict[str, Any]:
     score = float(np.tanh(sum(z) / len(z))) if z else 0.0
     noise = (zlib.crc32(record["event_id"].encode()) % 1000) / 1000 - 0.5
     return {"event_id": f"label-{record['event_id']}", spec.entity_key: record[spec.entity_key],
-            "event_time": record["event_time"], "label": int(score + noise > 0)}
+            "event_time": record["event_time"], "label": int(score + noise > 0), "for_id": record["event_id"]}
 
 
 def _break_some(records: list[dict[str, Any]], spec: GeneratorSpec, offset: int) -> None:

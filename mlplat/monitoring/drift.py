@@ -8,6 +8,11 @@ received them and its scores; also the rows ingested in that bucket, and labels.
 cursors; the statistics run on the balancer in the monitor class, so a run never holds up ingest or
 serving. Results go to `drift_results` (history), the hot store (`mlplat:drift:<model>`, the latest run,
 which automation scans) and the `mlplat_*drift*` gauges.
+
+Numeric inputs get the numeric statistics and `monitoring.thresholds`; the string and bool features of the
+model's feature set get the categorical ones and `monitoring.categorical_thresholds`. A bool input is
+compared as the model received it (0/1) and as ingested; a string feature (never a model input) and a bool
+the model does not take only as ingested, as the prediction log holds inputs alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import asyncio
 import datetime as dt
 import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +34,8 @@ from mlplat.compute.jobs import Cost, Priority
 from mlplat.config import MonitoringSettings
 from mlplat.errors import MlplatError, NotFound
 from mlplat.features.registry import FeatureRegistry
-from mlplat.monitoring.performance import performance
-from mlplat.monitoring.statistics import NotEnoughData, numeric_drift
+from mlplat.monitoring.performance import label_source, paired, performance
+from mlplat.monitoring.statistics import NotEnoughData, categorical_drift, numeric_drift
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
 from mlplat.serving.flavours import Predictor
@@ -41,6 +48,9 @@ PREDICTION = "__prediction__"
 PERFORMANCE = "__performance__"
 HIGHER_IS_BETTER = ("accuracy", "f1", "auc")
 DRIFT_KEY = "mlplat:drift:{model}"
+CATEGORICAL_TYPES = ("string", "bool")
+Column: TypeAlias = np.ndarray | pa.ChunkedArray
+Compared: TypeAlias = tuple[str, dict[str, float] | str, int, int]
 _TS = pa.timestamp("us", tz="UTC")
 RESULT_SCHEMA = pa.schema([
     ("model", pa.string()), ("version", pa.int32()), ("bucket_start", _TS), ("bucket_end", _TS),
@@ -83,12 +93,30 @@ class ModelDrift:
         return cls(**raw)
 
 
-def compare(reference: np.ndarray, current: np.ndarray, names: list[str], bins: int
-            ) -> list[tuple[str, dict[str, float] | str, int, int]]:
-    """Per column: its statistics, or why there are none. Runs on a balancer worker."""
-    out: list[tuple[str, dict[str, float] | str, int, int]] = []
-    for j, name in enumerate(names):
-        result = numeric_drift(reference[:, j], current[:, j], bins=bins)
+@dataclass(frozen=True)
+class _Rows:
+    """Rows of a model's feature set: its inputs as a float matrix (NaN for null, bools 0/1) and the set's
+    other string and bool features by name, as read."""
+
+    inputs: np.ndarray
+    others: dict[str, Column] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def paired(self, current: _Rows, names: list[str]) -> list[tuple[str, Column, Column]]:
+        """(name, reference column, current column) for every input and every other feature both have."""
+        return [*((n, self.inputs[:, j], current.inputs[:, j]) for j, n in enumerate(names)),
+                *((n, ref, current.others[n]) for n, ref in self.others.items() if n in current.others)]
+
+
+def compare(columns: list[tuple[str, Column, Column]], categorical: Collection[str], bins: int) -> list[Compared]:
+    """Per (name, reference, current) column: its statistics (the categorical ones for the names in
+    `categorical`), or why there are none. Runs on a balancer worker."""
+    out: list[Compared] = []
+    for name, reference, current in columns:
+        result = (categorical_drift(reference, current) if name in categorical
+                  else numeric_drift(np.asarray(reference, np.float64), np.asarray(current, np.float64), bins=bins))
         if isinstance(result, NotEnoughData):
             out.append((name, result.reason, 0, 0))
         else:
@@ -124,7 +152,7 @@ class DriftMonitor:
         self._lock = asyncio.Lock()  # one run at a time; a second request waits for it
         # per served (model, version): its training rows and its scores on them. The window is in the past,
         # so they are read and scored once, not on every run; versions no longer served are dropped.
-        self._references: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._references: dict[tuple[str, int], tuple[_Rows, np.ndarray]] = {}
 
     async def start(self) -> None:
         return None
@@ -178,14 +206,14 @@ class DriftMonitor:
             drift.reason = str(e)
         else:
             await self._judge(drift, mv, reference, reference_scores, current, scores, start, start + width, now)
-        await self._store(drift, start, start + width, now)
+        await self._store(drift, start, start + width, now, inputs=mv.feature_names)
         crossed = [f"{v.feature}:{v.statistic}" + (" (ingested)" if v.source == "ingest" else "")
                    for v in drift.values if v.crossed]
         log.info("drift_run", model=mv.model, version=mv.version, detected=drift.detected,
                  reason=drift.reason or None, crossed=crossed)
         return drift
 
-    async def _reference(self, mv: ModelVersion) -> tuple[np.ndarray, np.ndarray]:
+    async def _reference(self, mv: ModelVersion) -> tuple[_Rows, np.ndarray]:
         key = (mv.model, mv.version)
         if key in self._references:
             return self._references[key]
@@ -198,30 +226,31 @@ class DriftMonitor:
         missing = [n for n in mv.feature_names if n not in known]
         if missing:
             raise _NoVerdict(f"input {missing[0]!r} of {mv.model} is not in feature set {fs.name!r}")
-        matrix = await self._inputs(mv, "event_time >= ?::TIMESTAMPTZ AND event_time < ?::TIMESTAMPTZ "
-                                        "ORDER BY event_time DESC", [window["start"], window["end"]])
-        if not len(matrix):
+        rows = await self._rows(mv, "event_time >= ?::TIMESTAMPTZ AND event_time < ?::TIMESTAMPTZ "
+                                    "ORDER BY event_time DESC", [window["start"], window["end"]])
+        if not len(rows):
             raise _NoVerdict(f"no rows of {fs.name!r} in the training window {window['start']} .. {window['end']}")
         predictor = (await self._serving.version_for(mv.model, mv.version)).predictor
-        scores = await self._balancer.run(_score, predictor, matrix, priority=Priority.MONITOR,
-                                          cost=_cost(len(matrix), len(mv.features)))
-        self._references[key] = (matrix, scores)
-        return matrix, scores
+        scores = await self._balancer.run(_score, predictor, rows.inputs, priority=Priority.MONITOR,
+                                          cost=_cost(len(rows), len(mv.features)))
+        self._references[key] = (rows, scores)
+        return rows, scores
 
-    async def _inputs(self, mv: ModelVersion, where: str, params: list[object]) -> np.ndarray:
-        """The model's inputs from its feature set's rows matching `where`, as a float matrix."""
+    async def _rows(self, mv: ModelVersion, where: str, params: list[object]) -> _Rows:
+        """The model's inputs from its feature set's rows matching `where`, as a float matrix, and the set's
+        other string and bool features."""
         assert mv.feature_set is not None
         fs = self._features.get(mv.feature_set)
-        columns = ", ".join(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names)
+        others = [f.name for f in fs.features if f.type in CATEGORICAL_TYPES and f.name not in mv.feature_names]
+        columns = ", ".join([*(f'"{n}"::DOUBLE AS "{n}"' for n in mv.feature_names), *(f'"{n}"' for n in others)])
         table = await self._warehouse.read(f'SELECT {columns} FROM "{fs.table}" WHERE {where} LIMIT ?',
                                            [*params, self._settings.reference_max_rows])
         if not table.num_rows:
-            return np.empty((0, len(mv.features)))
-        return np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
-                                for n in mv.feature_names])
+            return _Rows(np.empty((0, len(mv.features))))
+        return _Rows(np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
+                                      for n in mv.feature_names]), {n: table[n] for n in others})
 
-    async def _current(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    async def _current(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> tuple[_Rows, np.ndarray]:
         table = await self._warehouse.read(
             "SELECT features, score FROM predictions WHERE model = ? AND version = ? AND predicted_at >= ? "
             "AND predicted_at < ?", [mv.model, mv.version, start, end])
@@ -229,32 +258,36 @@ class DriftMonitor:
             raise _NoVerdict(f"not enough data: {table.num_rows} predictions of v{mv.version} in the bucket from "
                              f"{start.isoformat()} (monitoring.min_rows = {self._settings.min_rows})")
         flat = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(table.num_rows, len(mv.features)), table["score"].to_numpy()
+        return _Rows(flat.reshape(table.num_rows, len(mv.features))), table["score"].to_numpy()
 
-    async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: np.ndarray, reference_scores: np.ndarray,
-                     current: np.ndarray, scores: np.ndarray, start: dt.datetime, end: dt.datetime,
+    async def _judge(self, drift: ModelDrift, mv: ModelVersion, reference: _Rows, reference_scores: np.ndarray,
+                     current: _Rows, scores: np.ndarray, start: dt.datetime, end: dt.datetime,
                      now: dt.datetime) -> None:
-        bins = self._settings.bins
-        cost = _cost(len(reference) + len(current), len(mv.features))
-        per_feature = await self._balancer.run(compare, reference, current, mv.feature_names, bins,
+        bins, names = self._settings.bins, mv.feature_names
+        assert mv.feature_set is not None  # a reference exists
+        categorical = {f.name for f in self._features.get(mv.feature_set).features if f.type in CATEGORICAL_TYPES}
+        cost = _cost(len(reference) + len(current), len(names) + len(reference.others))
+        per_feature = await self._balancer.run(compare, reference.paired(current, names), categorical, bins,
                                                priority=Priority.MONITOR, cost=cost)
-        [prediction] = await self._balancer.run(compare, reference_scores.reshape(-1, 1), scores.reshape(-1, 1),
-                                                [PREDICTION], bins, priority=Priority.MONITOR, cost=cost)
-        self._add(drift, [*per_feature, prediction], "predictions")
+        [prediction] = await self._balancer.run(compare, [(PREDICTION, reference_scores, scores)], (), bins,
+                                                priority=Priority.MONITOR, cost=cost)
+        self._add(drift, [*per_feature, prediction], "predictions", categorical)
         ingested = await self._ingested(mv, start, end)
         if ingested is not None:
-            self._add(drift, await self._balancer.run(compare, reference, ingested, mv.feature_names, bins,
-                                                      priority=Priority.MONITOR, cost=cost), "ingest")
-        # labels describe moments but arrive label_delay_s later: newer predictions cannot be judged yet
+            self._add(drift, await self._balancer.run(compare, reference.paired(ingested, names), categorical, bins,
+                                                      priority=Priority.MONITOR, cost=cost), "ingest", categorical)
+        # labels arrive up to label_delay_s after their predictions: newer predictions are not judged yet, or
+        # the labels that come early would stand for all of them
         judged_until = min(end, now - dt.timedelta(seconds=self._settings.label_delay_s))
         await self._performance(drift, mv, start, judged_until)
 
-    def _add(self, drift: ModelDrift, results: list[tuple[str, dict[str, float] | str, int, int]],
-             source: str) -> None:
-        thresholds, detect_on = self._settings.thresholds, set(self._settings.detect_on)
+    def _add(self, drift: ModelDrift, results: list[Compared], source: str, categorical: Collection[str]) -> None:
+        s = self._settings
         for feature, values, ref_n, cur_n in results:
             if isinstance(values, str):
                 continue
+            thresholds, detect_on = ((s.categorical_thresholds, s.categorical_detect_on) if feature in categorical
+                                     else (s.thresholds, s.detect_on))
             for statistic, value in values.items():
                 threshold = thresholds.get(statistic)
                 crossed = threshold is not None and value >= threshold
@@ -262,31 +295,20 @@ class DriftMonitor:
                 if crossed and statistic in detect_on and feature != PREDICTION:
                     drift.detected = True
 
-    async def _ingested(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> np.ndarray | None:
-        """The model's inputs as ingested in the bucket (by event time), when there are enough of them."""
-        matrix = await self._inputs(mv, "event_time >= ? AND event_time < ?", [start, end])
-        return matrix if len(matrix) >= self._settings.min_rows else None
+    async def _ingested(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> _Rows | None:
+        """The rows ingested in the bucket (by event time), when there are enough of them."""
+        rows = await self._rows(mv, "event_time >= ? AND event_time < ?", [start, end])
+        return rows if len(rows) >= self._settings.min_rows else None
 
     async def _performance(self, drift: ModelDrift, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> None:
-        """The bucket's predictions (up to `end`) joined to their labels (the entity's newest label at or before
-        the prediction, within label_horizon_s), scored, and compared with the metrics registered."""
-        labels_set = self._settings.labels_feature_set
-        if not labels_set or labels_set not in self._features.feature_sets:
+        """The bucket's predictions (up to `end`), each paired with its label (performance.py says how), scored,
+        and compared with the metrics registered."""
+        source = label_source(self._settings, self._features)
+        if source is None:
             return
-        fs = self._features.get(labels_set)
-        label = self._settings.label_feature
-        if label not in {f.name for f in fs.features}:
+        scores, labels = await paired(self._warehouse, source, mv.model, mv.version, start, end)
+        if len(scores) < self._settings.min_rows:
             return
-        table = await self._warehouse.read(
-            f'SELECT p.score, l."{label}"::DOUBLE AS label FROM predictions p ASOF JOIN '
-            f'(SELECT entity_id, event_time, "{label}" FROM "{fs.table}" WHERE "{label}" IS NOT NULL) l '
-            "ON p.entity_id = l.entity_id AND p.predicted_at >= l.event_time "
-            "WHERE p.model = ? AND p.version = ? AND p.predicted_at >= ? AND p.predicted_at < ? "
-            "AND p.predicted_at - l.event_time <= to_seconds(?::DOUBLE)",
-            [mv.model, mv.version, start, end, self._settings.label_horizon_s])
-        if table.num_rows < self._settings.min_rows:
-            return
-        scores, labels = table["score"].to_numpy(), table["label"].to_numpy()
         results = await self._balancer.run(performance, scores, labels, priority=Priority.MONITOR,
                                            cost=Cost(expected_ms=1.0 + len(scores) / 50_000, releases_gil=True))
         tolerance = self._settings.performance_tolerance
@@ -300,7 +322,8 @@ class DriftMonitor:
             drift.values.append(DriftValue(PERFORMANCE, metric, value, bound, crossed, 0, len(scores), "labels"))
             drift.detected = drift.detected or crossed
 
-    async def _store(self, drift: ModelDrift, start: dt.datetime, end: dt.datetime, now: dt.datetime) -> None:
+    async def _store(self, drift: ModelDrift, start: dt.datetime, end: dt.datetime, now: dt.datetime, *,
+                     inputs: Collection[str]) -> None:
         model = drift.model
         for v in drift.values:
             if v.feature == PREDICTION:
@@ -309,7 +332,8 @@ class DriftMonitor:
                 self._metrics.model_performance.labels(model, v.statistic).set(v.value)
                 if v.threshold is not None:
                     self._metrics.model_performance.labels(model, f"{v.statistic}_bound").set(v.threshold)
-            elif v.source == "predictions":  # the inputs the model saw; ingest-side values are in the table
+            elif v.source == ("predictions" if v.feature in inputs else "ingest"):
+                # the inputs as the model saw them (their ingest side is in the table), the others as ingested
                 self._metrics.feature_drift.labels(model, v.feature, v.statistic).set(v.value)
         self._metrics.drift_detected.labels(model).set(1.0 if drift.detected else 0.0)
         try:

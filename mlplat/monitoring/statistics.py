@@ -5,13 +5,25 @@ Numeric features (nulls and NaN dropped first):
   (method "auto": exact when both samples have at most 10,000 values, Smirnov's asymptotic one otherwise).
   Where scipy's tail is 2 smirnov(n, d) (large n, 2.2 <= n d^2 < 370), the same Birnbaum-Tingey sum is
   computed vectorised: scipy runs it term by term, up to a second per feature at a million rows.
-- `psi`: Population Stability Index over `bins` bins whose edges are the reference's quantiles (numpy's
-  linear method; repeated edges merged, outer bins open-ended): sum (c - r) ln(c / r) over bin shares, an
-  empty bin's share taken as `PSI_EPSILON` (1e-4).
+- `psi`: Population Stability Index over the bins below: sum (c - r) ln(c / r) over bin shares, an empty
+  bin's share taken as `PSI_EPSILON` (1e-4).
 - `kl`: Kullback-Leibler divergence KL(current || reference) in nats on the same bins, each count smoothed
   by `KL_ALPHA` (0.5, Jeffreys): p = (count + 0.5) / (n + 0.5 k).
 - `js`: Jensen-Shannon distance (natural log, the square root of the divergence) of the unsmoothed shares.
 - `wasserstein`: the 1-D earth mover's distance, the integral of |F_ref - F_cur|.
+
+Bins (`bin_edges`) come from the reference alone, so a run's reference shares never depend on the current
+sample, and they are built so that a current sample that moves to values the reference does not have
+lands in bins the reference has (almost) no mass in:
+- a reference with at most `bins` distinct values v1 < ... < vd gets one bin per value and one per gap:
+  (-inf, v1), [v1, v1], (v1, v2), ..., [vd, vd], (vd, +inf): 2d + 1 bins (all 7.0 against all 8.0: the
+  8s fall in (7, +inf), PSI about 18.4 and JS sqrt(ln 2), its maximum);
+- otherwise the edges are the reference's 1/bins ... (bins-1)/bins quantiles (numpy's linear method,
+  repeated edges merged) and the bins [e_i, e_i+1) with open outer bins (-inf, e_1) and [e_k, +inf); an
+  edge the reference holds more than once (a heavy value, such as a clip at 0) is split off as [e, e],
+  the interval after it starting just above it, so a value next to it is not binned with it.
+Evidently bins over both samples' range instead; this keeps PSI's usual reference-decile meaning.
+
 Categorical features: `psi` and `chi2` (statistic and p-value of the 2 x k contingency table, no continuity
 correction) over the union of categories; a category the reference never had is kept as its own column
 (`unseen_share` says how much of the current sample is in one).
@@ -24,15 +36,20 @@ a column costs two sorts and a few linear passes. An empty sample (or a column w
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 PSI_EPSILON = 1e-4
 KL_ALPHA = 0.5
 EXACT_KS_MAX_N = 10_000  # as scipy's ks_2samp(method="auto")
 NUMERIC_STATISTICS = ("ks", "psi", "kl", "js", "wasserstein")
+Categories: TypeAlias = Sequence[object] | np.ndarray | pa.Array | pa.ChunkedArray
 
 
 @dataclass(frozen=True)
@@ -113,12 +130,40 @@ def quantile_edges(sorted_ref: np.ndarray, bins: int) -> np.ndarray:
     return np.unique(edges)
 
 
+def _few_values(sorted_x: np.ndarray, most: int) -> np.ndarray | None:
+    """The distinct values when there are at most `most` of them, else None: one search per value."""
+    values: list[float] = []
+    i = 0
+    while i < len(sorted_x):
+        if len(values) == most:
+            return None
+        values.append(float(sorted_x[i]))
+        i = int(np.searchsorted(sorted_x, sorted_x[i], side="right"))
+    return np.array(values)
+
+
+def bin_edges(sorted_ref: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The edges and, per edge, whether it is a bin [e, e] of its own (see the module docstring)."""
+    values = _few_values(sorted_ref, bins)
+    if values is not None:
+        return values, np.ones(len(values), dtype=bool)
+    edges = quantile_edges(sorted_ref, bins)
+    held = np.searchsorted(sorted_ref, edges, side="right") - np.searchsorted(sorted_ref, edges, side="left")
+    return edges, held > 1
+
+
 def _bin_counts(ref: np.ndarray, cur: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts per bin [e_i, e_i+1) with open outer bins; both samples are sorted, so a count is a search."""
-    edges = quantile_edges(ref, bins)
+    """Counts per bin; both samples are sorted, so a count is a search: every edge closes the bin below it
+    (x < e) and a single-value edge also closes its own (x <= e)."""
+    edges, single = bin_edges(ref, bins)
+    at = np.repeat(edges, np.where(single, 2, 1))
+    right = np.zeros(len(at), dtype=bool)
+    right[np.cumsum(np.where(single, 2, 1))[single] - 1] = True
 
     def counts(sorted_x: np.ndarray) -> np.ndarray:
-        return np.diff(np.concatenate([[0], np.searchsorted(sorted_x, edges, side="left"), [len(sorted_x)]]))
+        below = np.where(right, np.searchsorted(sorted_x, at, side="right"),
+                         np.searchsorted(sorted_x, at, side="left"))
+        return np.diff(np.concatenate([[0], below, [len(sorted_x)]]))
 
     return counts(ref), counts(cur)
 
@@ -176,17 +221,31 @@ def _smirnov(n: int, x: float) -> float:
     return x * math.exp(top) * float(np.exp(log_terms - top).sum())
 
 
-def categorical_drift(reference: Sequence[object], current: Sequence[object]) -> CategoricalDrift | NotEnoughData:
-    """Nulls (None) are dropped; categories are compared as given (strings, ints, bools)."""
-    ref = [v for v in reference if v is not None]
-    cur = [v for v in current if v is not None]
-    if not ref or not cur:
-        return NotEnoughData(f"no values in the {'reference' if not ref else 'current'} sample")
+def category_counts(values: Categories) -> dict[object, int]:
+    """Count per category, nulls dropped: an Arrow array (as read from the warehouse), a float array (NaN is
+    null; bools arrive as 0/1) or any sequence (None is null)."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        counted = pc.value_counts(values)
+        keys, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+        return {k: c for k, c in zip(keys, counts, strict=True) if k is not None}
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        unique, counts = np.unique(values[~np.isnan(values)], return_counts=True)
+        return dict(zip(unique.tolist(), counts.tolist(), strict=True))
+    counter: Counter[object] = Counter(values)
+    counter.pop(None, None)
+    return dict(counter)
+
+
+def categorical_drift(reference: Categories, current: Categories) -> CategoricalDrift | NotEnoughData:
+    """Categories are compared as given (strings, ints, bools, floats); see `category_counts` for nulls."""
+    ref, cur = category_counts(reference), category_counts(current)
+    n, m = sum(ref.values()), sum(cur.values())
+    if not n or not m:
+        return NotEnoughData(f"no values in the {'reference' if not n else 'current'} sample")
     categories = sorted({*ref, *cur}, key=lambda v: (type(v).__name__, str(v)))
-    index = {c: i for i, c in enumerate(categories)}
-    ref_counts = np.bincount([index[v] for v in ref], minlength=len(categories))
-    cur_counts = np.bincount([index[v] for v in cur], minlength=len(categories))
-    unseen = float(cur_counts[ref_counts == 0].sum() / len(cur))
+    ref_counts = np.array([ref.get(c, 0) for c in categories], dtype=np.int64)
+    cur_counts = np.array([cur.get(c, 0) for c in categories], dtype=np.int64)
+    unseen = float(cur_counts[ref_counts == 0].sum() / m)
     if len(categories) == 1:  # one category on both sides: nothing can differ
         chi2, pvalue = 0.0, 1.0
     else:
@@ -195,4 +254,4 @@ def categorical_drift(reference: Sequence[object], current: Sequence[object]) ->
         result = stats.chi2_contingency(np.vstack([ref_counts, cur_counts]), correction=False)
         chi2, pvalue = float(result.statistic), float(result.pvalue)
     return CategoricalDrift(psi=_psi(ref_counts, cur_counts), chi2=chi2, chi2_pvalue=pvalue, unseen_share=unseen,
-                            reference_n=len(ref), current_n=len(cur))
+                            reference_n=n, current_n=m)

@@ -90,6 +90,10 @@ class Metrics:
         self.consumer_lag = Gauge(
             "mlplat_consumer_lag", "Events on the bus not yet ingested.", ["topic", "partition"], registry=r
         )
+        self.bus_consumer_rebuilds = Counter(
+            "mlplat_bus_consumer_rebuilds", "Kafka consumers closed and created again after a stall, by reason "
+            "(coordinator_unknown, not_joined, stale_assignment).", ["group", "reason"], registry=r
+        )
         self.dead_letters = Counter("mlplat_dead_letters", "Records rejected, by reason.", ["reason"], registry=r)
         # serving
         self.predictions = Counter(
@@ -137,7 +141,8 @@ class Metrics:
             registry=r,
         )
         # monitoring
-        self.feature_drift = Gauge("mlplat_feature_drift", "Latest drift statistic of a model input.",
+        self.feature_drift = Gauge("mlplat_feature_drift", "Latest drift statistic of a model input (as served) or "
+                                   "of another string or bool feature of its feature set (as ingested).",
                                    ["model", "feature", "statistic"], registry=r)
         self.prediction_drift = Gauge("mlplat_prediction_drift", "Latest drift statistic of a model's scores.",
                                       ["model", "statistic"], registry=r)

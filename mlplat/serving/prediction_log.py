@@ -3,6 +3,7 @@
 Requests append to a bounded buffer and return; a flush task writes the buffer through the writer actor
 every `log_flush_ms`. When the buffer is full (the warehouse is far behind), new rows are dropped and
 counted in `mlplat_prediction_log_dropped_total` rather than slowing predictions or growing memory.
+A streaming prediction also keeps the id of the event it was made on: that is what its label names.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _TS = pa.timestamp("us", tz="UTC")
 SCHEMA = pa.schema([
     ("request_id", pa.string()), ("model", pa.string()), ("version", pa.int32()),
     ("predicted_at", pa.timestamp("us", tz="UTC")), ("entity_id", pa.string()), ("features", pa.list_(pa.float64())),
-    ("score", pa.float64()), ("latency_ms", pa.float64()),
+    ("score", pa.float64()), ("latency_ms", pa.float64()), ("event_id", pa.string()),
 ])
 
 
@@ -58,7 +59,7 @@ class PredictionLog:
             return
         for name, value in (("request_id", request_id), ("model", model), ("version", version),
                             ("predicted_at", int(time.time() * 1e6)), ("entity_id", entity_id),
-                            ("score", score), ("latency_ms", latency_ms)):
+                            ("score", score), ("latency_ms", latency_ms), ("event_id", None)):
             self._singles[name].append(value)
         flat = self._singles["features"]
         flat.extend(features)  # floats are not containers: nothing more for the garbage collector to walk
@@ -71,8 +72,9 @@ class PredictionLog:
         self.add_rows(ids, model, version, pa.nulls(len(matrix), pa.string()), matrix, scores, latency_ms)
 
     def add_rows(self, ids: pa.Array, model: str, version: int, entity_ids: pa.Array, matrix: np.ndarray,
-                 scores: np.ndarray, latency_ms: float) -> None:
-        """Many predictions of one version at once (a batch call, a streaming batch), one id per row."""
+                 scores: np.ndarray, latency_ms: float, event_ids: pa.Array | None = None) -> None:
+        """Many predictions of one version at once (a batch call, a streaming batch), one id per row, and
+        for streaming predictions the event each was made on."""
         n = len(matrix)
         if not n or not self._room(n):
             return
@@ -85,6 +87,7 @@ class PredictionLog:
             "predicted_at": pa.array(np.full(n, int(time.time() * 1e6), np.int64)).cast(_TS),
             "entity_id": entity_ids, "features": features, "score": pa.array(scores, pa.float64()),
             "latency_ms": pa.array(np.full(n, latency_ms)),
+            "event_id": pa.nulls(n, pa.string()) if event_ids is None else event_ids,
         }, schema=SCHEMA))
 
     async def run(self) -> None:

@@ -21,7 +21,8 @@ from mlplat.warehouse import ArrowWrite, Warehouse
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 SYSTEM_TABLES = frozenset({"audit_log", "model_specs", "feature_sets", "dead_letters", "model_versions",
-                           "predictions", "action_log", "action_dead_letters", "schema_migrations"})
+                           "predictions", "action_log", "action_dead_letters", "schema_migrations",
+                           "warehouse_meta"})
 _TS = pa.timestamp("us", tz="UTC")
 ROW_SCHEMA = pa.schema([
     ("idempotency_key", pa.string()), ("action", pa.string()), ("prediction_id", pa.string()),

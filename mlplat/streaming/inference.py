@@ -199,11 +199,12 @@ class ModelStream:
         given = {n: _floats(rows[n]) for n in mv.feature_names if n in rows.column_names}
         entities = rows["entity_id"].to_pylist()
         matrix = await self._inputs(mv, given, entities)
-        ids = [f"{self.spec.model}:{e}" for e in rows["event_id"].to_pylist()]
+        event_ids = rows["event_id"].to_pylist()
+        ids = [f"{self.spec.model}:{e}" for e in event_ids]
         times = rows["event_time"].cast(pa.int64()).to_numpy()
         skipped = [f"stream:{self.spec.model}:{tp.topic}:{tp.partition}:{offset}" for tp, offset in positions]
         await self._publish(served, matrix, ids, entities, times, None, np.ones(len(ids), np.int64), skipped,
-                            started)
+                            started, event_ids)
 
     async def _emit_windows(self, closed: list[ClosedWindow]) -> None:
         if not closed:
@@ -239,7 +240,8 @@ class ModelStream:
 
     async def _publish(self, served: ServedVersion, matrix: np.ndarray, ids: list[str], entities: list[str],
                        times_us: np.ndarray, window_starts: list[int] | None, counts: np.ndarray,
-                       source_keys: list[str], started: float) -> None:
+                       source_keys: list[str], started: float, event_ids: list[str] | None = None) -> None:
+        """event_ids: of per-event predictions, logged so that each label finds the prediction it is for."""
         mv = served.mv
         complete = ~np.isnan(matrix).any(axis=1)
         if not complete.all():
@@ -260,7 +262,9 @@ class ModelStream:
         if self._log is not None:
             self._log.add_rows(pa.array([r.id for r in records], pa.string()), mv.model, mv.version,
                                pa.array([r.entity_id for r in records], pa.string()), matrix[keep], scores,
-                               (time.perf_counter() - started) * 1000)
+                               (time.perf_counter() - started) * 1000,
+                               None if event_ids is None else pa.array([event_ids[i] for i in keep.tolist()],
+                                                                       pa.string()))
 
     async def _skip_incomplete(self, mv: ModelVersion, matrix: np.ndarray, rows: np.ndarray, entities: list[str],
                                source_keys: list[str]) -> None:

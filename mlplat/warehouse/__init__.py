@@ -25,7 +25,7 @@ from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
 from mlplat.warehouse.cache import QueryCache
 from mlplat.warehouse.query_guard import check_query
-from mlplat.warehouse.schema import MIGRATIONS, Migration, migrate
+from mlplat.warehouse.schema import MIGRATIONS, Migration, migrate, warehouse_id
 from mlplat.warehouse.writer import ArrowWrite, Command, SqlWrite, WarehouseWriter, WriterConnection
 
 __all__ = ["ArrowWrite", "QueryResult", "SqlWrite", "Warehouse"]
@@ -64,6 +64,12 @@ class Warehouse:
         self._cursors: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer: WarehouseWriter | None = None
+        self._id: str | None = None
+
+    @property
+    def identity(self) -> str | None:
+        """The database's random id (schema migration 8), once started; it travels with the file."""
+        return self._id
 
     @property
     def writer(self) -> WarehouseWriter:
@@ -84,17 +90,22 @@ class Warehouse:
             on_commit=self._cache.invalidate if self._cache else None,
         )
         applied = await self._writer.on_writer_thread(lambda c: migrate(c.con, self._migrations))
+        self._id = await self._writer.on_writer_thread(lambda c: warehouse_id(c.con))
+        if self._cache is not None and self._id is not None:  # before any write: keys are scoped from the first
+            self._cache.identify("warehouse", self._id)
         for _ in range(self._settings.read_threads):
             self._cursors.put(await self._writer.on_writer_thread(lambda c: c.con.cursor()))
         self._writer.start()
-        log.info("warehouse_open", path=self._settings.path, migrations_applied=applied)
+        log.info("warehouse_open", path=self._settings.path, warehouse_id=self._id, migrations_applied=applied)
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         path = self._settings.path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {} if self._settings.memory_limit is None else {"memory_limit": self._settings.memory_limit})
         try:
-            return duckdb.connect(path)
+            return duckdb.connect(path, config=config)
         except duckdb.Error as e:
             raise WarehouseError(f"warehouse.url = {self._settings.url!r}: cannot open: {e}") from None
 
@@ -150,19 +161,26 @@ class Warehouse:
         table, _ = await self._run_read(sql, params, max_rows, tables=tables)
         return table
 
-    async def query(self, sql: str, *, max_rows: int | None = None, use_cache: bool = True) -> QueryResult:
-        """An untrusted user query: checked by the guard, run read-only, cached in the hot store."""
+    async def query(
+        self, sql: str, *, max_rows: int | None = None, use_cache: bool = True, lossless: bool = False
+    ) -> QueryResult:
+        """An untrusted user query: checked by the guard, run read-only, cached in the hot store.
+
+        `lossless` keeps the DuckDB types Arrow has no name for (HUGEINT, UHUGEINT, BIGNUM, BIT, TIMETZ, UUID,
+        BOOLEAN as bool8) as extension types, which mlplat/api/convert.py decodes exactly; by default HUGEINT
+        becomes a decimal, a UHUGEINT above 2^127 wraps and TIMETZ loses its offset.
+        """
         limit = min(max_rows or self._settings.query_max_rows, self._settings.query_max_rows)
         started = time.perf_counter()
         try:
             checked = await self._on_reader(lambda cur: check_query(cur, sql, self._known_tables(cur)))
             key = ""
             if self._cache is not None and use_cache:
-                key, hit = await self._cache.get(checked.sql, [limit], checked.tables)
+                key, hit = await self._cache.get(checked.sql, [limit, lossless], checked.tables)
                 if hit is not None:
                     self._metrics.queries.labels("cached").inc()
                     return QueryResult(hit.slice(0, limit), hit.num_rows > limit, cached=True)
-            table, truncated = await self._run_read(checked.sql, (), limit, read_only=True)
+            table, truncated = await self._run_read(checked.sql, (), limit, read_only=True, lossless=lossless)
             if self._cache is not None and key:
                 await self._cache.put(key, table)
         except QueryRejected:
@@ -198,7 +216,7 @@ class Warehouse:
 
     async def _run_read(
         self, sql: str, params: Sequence[Any], max_rows: int | None, *, read_only: bool = False,
-        tables: dict[str, pa.Table] | None = None,
+        tables: dict[str, pa.Table] | None = None, lossless: bool = False,
     ) -> tuple[pa.Table, bool]:
         if self._con is None:
             raise WarehouseError("warehouse is not started")
@@ -211,7 +229,7 @@ class Warehouse:
             for name, data in (tables or {}).items():
                 cursor.register(name, data)
             try:
-                return _fetch(cursor, sql, params, max_rows, read_only)
+                return _fetch(cursor, sql, params, max_rows, read_only, lossless)
             finally:
                 for name in tables or {}:
                     cursor.unregister(name)
@@ -232,8 +250,11 @@ class Warehouse:
 
 
 def _fetch(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], max_rows: int | None, read_only: bool
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], max_rows: int | None, read_only: bool,
+    lossless: bool = False,
 ) -> tuple[pa.Table, bool]:
+    if lossless:  # a session setting of this pooled cursor: RESET below, so other reads keep the default
+        cursor.execute("SET SESSION arrow_lossless_conversion = true")
     if read_only:
         cursor.execute("BEGIN TRANSACTION READ ONLY")
     try:
@@ -266,3 +287,6 @@ def _fetch(
         if read_only:
             with contextlib.suppress(duckdb.Error):
                 cursor.execute("ROLLBACK")
+        if lossless:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("RESET SESSION arrow_lossless_conversion")

@@ -4,6 +4,11 @@ A cached result's key includes a generation number for every table the query rea
 table's generation after each commit that touched it, so a stale result is never found again: no scan
 for keys to delete, and it works the same for several readers sharing one Redis. Results are Arrow IPC
 bytes with a TTL, so abandoned generations expire by themselves.
+
+Every key (results and generations) is scoped by the identity of the data the queries read: the
+warehouse's id, made once per database file (schema migration 8), plus any other source added with
+identify(). Daemons with different warehouses sharing one Redis therefore never see each other's
+results, while a daemon restarted on the same file finds its own again.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ def table_from_bytes(data: bytes) -> pa.Table:
 class QueryCache:
     """Never serves a result older than the last committed write to any table it read.
 
-    If an invalidation cannot reach the hot store, the cache is bypassed until one succeeds.
+    If an invalidation cannot reach the hot store, the cache is bypassed until one succeeds; it is also
+    bypassed until the data has an identity (identify()).
     """
 
     def __init__(self, store: HotStore, metrics: Metrics, *, ttl_s: float, max_bytes: int) -> None:
@@ -48,15 +54,28 @@ class QueryCache:
         self._ttl_s = ttl_s
         self._max_bytes = max_bytes
         self._unconfirmed: set[str] = set()
+        self._identities: dict[str, str] = {}
+        self._scope = ""  # PREFIX + a digest of the identities + ":", once there is one
+
+    def identify(self, source: str, identity: str) -> None:
+        """Set the identity of one source the queries read (e.g. "warehouse"); keys depend on all of them."""
+        if not identity:
+            raise ValueError(f"query cache: the identity of {source!r} is empty")
+        self._identities[source] = identity
+        named = "\x1f".join(f"{name}={value}" for name, value in sorted(self._identities.items()))
+        self._scope = f"{PREFIX}{hashlib.sha256(named.encode()).hexdigest()[:32]}:"
 
     async def _key(self, sql: str, params: Sequence[Any], tables: Iterable[str]) -> str:
         names = sorted(set(tables))
-        gens = await self._store.mget([f"{PREFIX}gen:{t}" for t in names]) if names else []
+        gens = await self._store.mget([f"{self._scope}gen:{t}" for t in names]) if names else []
         parts = [sql, repr(list(params))] + [f"{t}@{(g or b'0').decode()}" for t, g in zip(names, gens, strict=True)]
-        return PREFIX + "q:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+        return self._scope + "q:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
     async def get(self, sql: str, params: Sequence[Any], tables: Iterable[str]) -> tuple[str, pa.Table | None]:
         """Returns the cache key to store under and the cached table, if any. Raises nothing."""
+        if not self._scope:
+            self._metrics.query_cache.labels("bypass").inc()
+            return "", None
         if self._unconfirmed:
             await self.invalidate(set())
             if self._unconfirmed:
@@ -89,12 +108,12 @@ class QueryCache:
     async def invalidate(self, tables: set[str]) -> None:
         """Bump the generation of every table written; remembers failures and retries them next time."""
         todo = {t.lower() for t in tables} | self._unconfirmed
-        if not todo:
+        if not todo or not self._scope:  # nothing is cached before there is a scope
             return
         try:
             pipe = self._store.pipeline()
             for table in sorted(todo):
-                pipe.incr(f"{PREFIX}gen:{table}")
+                pipe.incr(f"{self._scope}gen:{table}")
             await pipe.execute()
         except BackendError as e:
             self._unconfirmed = todo

@@ -152,6 +152,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        7,
+        "prediction log: the event each streaming prediction was made on (labels name it)",
+        """
+        ALTER TABLE predictions ADD COLUMN event_id VARCHAR;  -- null: a Predict call (its request_id) or a window
+        """,
+    ),
+    Migration(
+        8,
+        "warehouse identity: a random id made once per database, keying what daemons share (the query cache)",
+        """
+        CREATE TABLE warehouse_meta (
+            key   VARCHAR PRIMARY KEY,
+            value VARCHAR NOT NULL
+        );
+        INSERT INTO warehouse_meta VALUES ('warehouse_id', uuid()::VARCHAR);
+        """,
+    ),
 )
 
 _BOOKKEEPING = """
@@ -192,3 +210,14 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...] = 
             raise WarehouseError(f"warehouse migration {m.version} ({m.name}) failed: {e}") from e
         applied.append(m.version)
     return applied
+
+
+def warehouse_id(con: duckdb.DuckDBPyConnection) -> str | None:
+    """This database's random id (migration 8); None when the migrations applied did not create it."""
+    meta = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'warehouse_meta'"
+    ).fetchall()
+    if not meta or not meta[0][0]:
+        return None
+    rows = con.execute("SELECT value FROM warehouse_meta WHERE key = 'warehouse_id'").fetchall()
+    return str(rows[0][0]) if rows else None

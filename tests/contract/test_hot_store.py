@@ -7,12 +7,22 @@ integration. Anything memory:// does that Redis would not is a bug in memory://.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import inspect
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
+import orjson
+import pyarrow as pa
 import pytest
 
 from mlplat.backends.hotstore import HotPipeline, HotStore
+from mlplat.backends.hotstore.memory import VERSION_LIMIT
 from mlplat.errors import BackendUnavailable, NotFound
+from mlplat.features.definitions import FeatureSet, catalog_from_dict
+from mlplat.features.online import online_key, write_latest
+from mlplat.ingest.validation import schema_for
 
 SHORT_TTL_S = 0.2
 PAST_SHORT_TTL_S = 0.35
@@ -346,3 +356,165 @@ async def test_a_closed_store_raises_backend_unavailable(hot_store: HotStore) ->
         async with hot_store.subscribe("ch"):
             pass
     await hot_store.aclose()
+
+
+def doc(t: int, value: str = "") -> bytes:
+    """A versioned value as online features store it."""
+    return orjson.dumps({"t": t, "f": {"v": value}})
+
+
+async def test_set_unless_older_keeps_the_higher_version(hot_store: HotStore) -> None:
+    """A newer or equal version replaces the stored one, an older one is dropped; the count says how many."""
+    assert await hot_store.set_unless_older([("a", 10, doc(10)), ("b", 10, doc(10)), ("c", 10, doc(10))]) == 3
+    assert await hot_store.set_unless_older([("a", 11, doc(11)), ("b", 9, doc(9)), ("c", 10, doc(10, "x"))]) == 2
+    assert await hot_store.mget(["a", "b", "c"]) == [doc(11), doc(10), doc(10, "x")]
+    assert await hot_store.set_unless_older([]) == 0
+
+
+async def test_set_unless_older_reads_negative_and_large_versions(hot_store: HotStore) -> None:
+    """Versions before 1970 and up to the limit compare exactly (Redis's Lua numbers are doubles)."""
+    await hot_store.set_unless_older([("neg", -5, doc(-5)), ("big", VERSION_LIMIT - 1, doc(VERSION_LIMIT - 1))])
+    assert await hot_store.set_unless_older([("neg", -6, doc(-6)), ("big", VERSION_LIMIT - 2, b"no")]) == 0
+    assert await hot_store.set_unless_older([("neg", -4, doc(-4)), ("big", VERSION_LIMIT, doc(VERSION_LIMIT))]) == 2
+    assert await hot_store.mget(["neg", "big"]) == [doc(-4), doc(VERSION_LIMIT)]
+
+
+async def test_set_unless_older_replaces_a_value_without_a_version(hot_store: HotStore) -> None:
+    """A value that does not open with {"t":<integer> counts as older than any version."""
+    odd = [b"plain", b'{"f":{},"t":99}', b'{"t":"99"}', b'{"t":99.5}', b" {\"t\":99}", b""]
+    for i, value in enumerate(odd):
+        await hot_store.set(f"k{i}", value)
+    assert await hot_store.set_unless_older([(f"k{i}", 1, doc(1)) for i in range(len(odd))]) == len(odd)
+    assert await hot_store.mget([f"k{i}" for i in range(len(odd))]) == [doc(1)] * len(odd)
+
+
+async def test_set_unless_older_takes_the_highest_of_repeated_keys(hot_store: HotStore) -> None:
+    """The same key twice in one call ends with the higher version, whichever came first."""
+    await hot_store.set_unless_older([("k", 7, doc(7)), ("k", 3, doc(3)), ("j", 3, doc(3)), ("j", 7, doc(7))])
+    assert await hot_store.mget(["k", "j"]) == [doc(7), doc(7)]
+
+
+async def test_set_unless_older_sets_the_ttl_or_clears_it(hot_store: HotStore) -> None:
+    """With ttl_s each written key gets it; without, a written key loses an old TTL, as SET does."""
+    await hot_store.set("kept", doc(1), ttl_s=60)
+    await hot_store.set_unless_older([("timed", 1, doc(1)), ("kept", 2, doc(2))], ttl_s=30)
+    for key in ("timed", "kept"):
+        ttl = await hot_store.ttl(key)
+        assert ttl is not None and 25 < ttl <= 30
+    await hot_store.set_unless_older([("kept", 3, doc(3))])
+    assert await hot_store.ttl("kept") is None
+    await hot_store.set_unless_older([("short", 1, doc(1))], ttl_s=SHORT_TTL_S)
+    await asyncio.sleep(PAST_SHORT_TTL_S)
+    assert await hot_store.set_unless_older([("short", 0, doc(0))]) == 1  # expired: nothing to be older than
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", VERSION_LIMIT + 1, -VERSION_LIMIT - 1])
+async def test_set_unless_older_refuses_a_bad_version_before_writing(hot_store: HotStore, version: Any) -> None:
+    """A version that is not an integer both backends compare exactly is a ValueError naming the key."""
+    with pytest.raises(ValueError, match=r"'bad'.*version"):
+        await hot_store.set_unless_older([("good", 1, doc(1)), ("bad", version, doc(1))])
+    with pytest.raises(ValueError, match="ttl_s"):
+        await hot_store.set_unless_older([("good", 1, doc(1))], ttl_s=0)
+    assert not await hot_store.exists("good")
+
+
+async def test_set_unless_older_on_a_hash_raises_type_error(hot_store: HotStore) -> None:
+    """A key holding a hash is WRONGTYPE, as GET would be, and the hash is left alone."""
+    await hot_store.hset("h", {"f": b"1"})
+    with pytest.raises(TypeError, match="WRONGTYPE"):
+        await hot_store.set_unless_older([("h", 1, doc(1))])
+    assert await hot_store.hgetall("h") == {"f": b"1"}
+
+
+async def test_set_unless_older_handles_batches_of_many_keys(hot_store: HotStore) -> None:
+    """Thousands of keys in one call (Redis splits them into several script calls) each compare on their own."""
+    await hot_store.set_unless_older([(f"e{i}", 100, doc(100)) for i in range(0, 2500, 2)])
+    versions = [50 + i % 100 for i in range(2500)]
+    written = await hot_store.set_unless_older([(f"e{i}", v, doc(v)) for i, v in enumerate(versions)])
+    stored = await hot_store.mget([f"e{i}" for i in range(2500)])
+    assert stored == [doc(max(v, 100)) if i % 2 == 0 else doc(v) for i, v in enumerate(versions)]
+    assert written == sum(1 for i, v in enumerate(versions) if i % 2 == 1 or v >= 100)
+
+
+# --- two writers of the latest features racing on the same entities (issue 17, item 4) ----------------------
+
+RACE = catalog_from_dict({
+    "entities": {"user": {"key": "user_id"}},
+    "feature_sets": {"race": {"entity": "user", "online_ttl_s": 600, "features": [{"name": "n", "type": "int"}]}},
+}).feature_sets["race"]
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def events(fs: FeatureSet, entity_times: list[tuple[str, int]]) -> pa.Table:
+    """Rows of the race feature set: n is the event's second, so the stored value shows which event won."""
+    return pa.table({
+        "event_id": [f"{e}-{t}" for e, t in entity_times], "entity_id": [e for e, _ in entity_times],
+        "event_time": [T0 + dt.timedelta(seconds=t) for _, t in entity_times],
+        "ingest_time": [T0] * len(entity_times), "n": [t for _, t in entity_times],
+    }, schema=schema_for(fs))
+
+
+async def stored_seconds(store: HotStore, entities: list[str]) -> dict[str, int]:
+    docs = await store.mget([online_key(RACE, e) for e in entities])
+    return {e: orjson.loads(d)["f"]["n"] for e, d in zip(entities, docs, strict=True) if d is not None}
+
+
+class WriterCutIn:
+    """The real store, except that once the writer using it has made its first call, another writer runs to
+    completion before that call returns: the moment a read-then-write would be overtaken."""
+
+    def __init__(self, store: HotStore, cut_in: Callable[[], Awaitable[object]]) -> None:
+        self._store = store
+        self._cut_in: Callable[[], Awaitable[object]] | None = cut_in
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = await attribute(*args, **kwargs)
+            cut_in, self._cut_in = self._cut_in, None
+            if cut_in is not None:
+                await cut_in()
+            return result
+
+        return call
+
+
+@pytest.mark.parametrize(("first", "cutting_in"), [(10, 20), (20, 10)])
+async def test_a_writer_cutting_in_never_leaves_the_older_event(
+    hot_store: HotStore, first: int, cutting_in: int
+) -> None:
+    """A whole write landing between another writer's first store call and its return (where the old
+    read-then-write read the stored times and then set) still leaves each entity's newest event."""
+    entities = ["u1", "u2", "u3"]
+
+    async def other_writer() -> None:
+        await write_latest(hot_store, RACE, events(RACE, [(e, cutting_in) for e in entities]))
+
+    racing = cast(HotStore, WriterCutIn(hot_store, other_writer))
+    await write_latest(racing, RACE, events(RACE, [(e, first) for e in entities]))
+    assert await stored_seconds(hot_store, entities) == dict.fromkeys(entities, max(first, cutting_in))
+
+
+async def test_concurrent_writers_leave_each_entity_its_newest_event(hot_store: HotStore) -> None:
+    """Writers in parallel (an upload and the stream) sending interleaved event times for the same entities
+    in shuffled batches: every entity ends with the newest event any of them sent."""
+    entities = [f"u{i}" for i in range(40)]
+    writers, rounds = 6, 25
+    rng = random.Random(17)
+    # per entity, the times 0..n-1 dealt out at random: which writer sends the newest, and when, varies
+    dealt = {e: rng.sample(range(writers * rounds), writers * rounds) for e in entities}
+    times = {w: {e: dealt[e][w * rounds:(w + 1) * rounds] for e in entities} for w in range(writers)}
+
+    in_step = asyncio.Barrier(writers)  # each round starts together: the most overlap between writers
+
+    async def writer(w: int) -> None:
+        for r in range(rounds):
+            await in_step.wait()
+            await write_latest(hot_store, RACE, events(RACE, [(e, times[w][e][r]) for e in entities]))
+
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    expected = {e: max(max(times[w][e]) for w in range(writers)) for e in entities}
+    assert await stored_seconds(hot_store, entities) == expected

@@ -84,3 +84,28 @@ async def test_results_with_different_row_limits_are_cached_apart(warehouse: War
     await warehouse.query("SELECT * FROM range(100)", max_rows=5)
     result = await warehouse.query("SELECT * FROM range(100)", max_rows=50)
     assert result.table.num_rows == 50
+
+
+async def test_the_cache_is_bypassed_until_the_data_has_an_identity(hot_store: HotStore) -> None:
+    """Without identify() nothing is read or stored (keys would be shared by every daemon on the Redis)."""
+    metrics = Metrics()
+    cache = QueryCache(hot_store, metrics, ttl_s=60, max_bytes=1 << 20)
+    assert await cache.get("SELECT 1", [], ["a"]) == ("", None)
+    assert metrics.query_cache.labels("bypass")._value.get() == 1
+    await cache.invalidate({"a"})
+    assert await hot_store.scan_keys("mlplat:qcache:") == []
+    with pytest.raises(ValueError, match="'warehouse' is empty"):
+        cache.identify("warehouse", "")
+    cache.identify("warehouse", "w1")
+    key, hit = await cache.get("SELECT 1", [], ["a"])
+    assert key and hit is None
+
+
+async def test_every_identity_takes_part_in_the_key(hot_store: HotStore) -> None:
+    """Adding or changing the identity of any source gives new keys; the same identities, the same keys."""
+    cache = QueryCache(hot_store, Metrics(), ttl_s=60, max_bytes=1 << 20)
+    keys = []
+    for source, identity in [("warehouse", "w1"), ("lake", "l1"), ("lake", "l2"), ("lake", "l1")]:
+        cache.identify(source, identity)
+        keys.append((await cache.get("SELECT 1", [], ["a"]))[0])
+    assert len(set(keys)) == 3 and keys[1] == keys[3]

@@ -85,7 +85,7 @@ def test_run_query_and_graceful_sigterm(daemon: RunningDaemon) -> None:
     """The README flow: readiness, a query through the CLI, health endpoints, then SIGTERM exits 0 quickly."""
     result = daemon.cli("query", "SELECT 42 AS answer", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["rows"] == [[42]]
+    assert json.loads(result.stdout)["rows"] == [[42]] and '"rows": [[42]]' in result.stdout  # 42, not 42.0
 
     status, body = daemon.http("/healthz")
     assert status == 200
@@ -107,6 +107,22 @@ def test_forbidden_query_exits_non_zero_with_one_line(daemon: RunningDaemon) -> 
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "PERMISSION_DENIED" in result.stderr and "read_csv" in result.stderr
+
+
+def test_query_prints_every_type_faithfully(daemon: RunningDaemon) -> None:
+    """`mlplat query` keeps SQL types in --json and the table: integers without a fraction, a double with one,
+    a decimal's exact digits, a time zone's offset, a list and a struct with their inner types, null, "NaN"."""
+    sql = ("SELECT 42::INT AS i, (2**60)::BIGINT AS big, 1.50::DECIMAL(10,2) AS d, 42::DOUBLE AS f, "
+           "TIMESTAMPTZ '2026-01-02 03:04:05+02' AS ts, DATE '2026-01-02' AS day, [1, 2]::INT[] AS l, "
+           "{'a': 1, 'b': 'x'} AS s, NULL AS n, 'nan'::DOUBLE AS nan")
+    result = daemon.cli("query", sql, "--json")
+    assert result.returncode == 0, result.stderr
+    assert ('"rows": [[42, 1152921504606846976, "1.50", 42.0, "2026-01-02T01:04:05+00:00", "2026-01-02", [1, 2], '
+            '{"a": 1, "b": "x"}, null, "NaN"]]') in result.stdout
+    table = daemon.cli("query", "SELECT 42 AS answer, 42::DOUBLE AS d, NULL AS n, 'nan'::DOUBLE AS nan")
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("│"))
+    assert [cell.strip() for cell in row.strip("│").split("│")] == ["42", "42.0", "NULL", "NaN"]
 
 
 def test_status_lists_backends_and_checks(daemon: RunningDaemon) -> None:
@@ -145,17 +161,23 @@ def test_invalid_config_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_unreachable_backend_at_start_up_names_the_url(tmp_path: Path) -> None:
-    """A Redis that is not there fails start-up with exit 1 naming the URL, without its password."""
+    """A Redis that is not there fails start-up with exit 1 once supervisor.startup_wait_s has passed, in one
+    line naming the URL (without its password) and the setting; each wait before is logged."""
     port = free_port()
     result = subprocess.run(
         [*MLPLAT, "run", "--grpc-port", "0", "--http-port", "0"], capture_output=True, text=True, timeout=90,
         cwd=tmp_path, env={**os.environ, "MLPLAT_HOT_STORE__URL": f"redis://127.0.0.1:{port}/0",
-                           "MLPLAT_HOT_STORE__PASSWORD": "very-secret-pw"},
+                           "MLPLAT_HOT_STORE__PASSWORD": "very-secret-pw", "MLPLAT_SUPERVISOR__STARTUP_WAIT_S": "2",
+                           "MLPLAT_LOGGING__FORMAT": "json"},
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mlplat: ") and f"127.0.0.1:{port}" in last
-    assert "very-secret-pw" not in result.stderr
+    assert last.startswith(f"mlplat: hot store redis://127.0.0.1:{port}/0 unreachable: ")
+    assert last.endswith("(gave up after supervisor.startup_wait_s = 2 s)")
+    waits = [json.loads(line) for line in result.stdout.splitlines() + result.stderr.splitlines()
+             if '"backend_waiting"' in line]
+    assert len(waits) >= 2 and {w["url"] for w in waits} == {f"redis://127.0.0.1:{port}/0"}
+    assert "very-secret-pw" not in result.stderr + result.stdout
 
 
 def test_demo_traffic_fills_the_feature_store_and_one_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ interactive (through a pseudo-terminal, as a person at a keyboard)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import pty
@@ -85,6 +86,12 @@ class Terminal:
     def type(self, line: str) -> None:
         os.write(self.master, line.encode())
 
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
 
 def test_the_interactive_repl_prompts_checks_and_exits_cleanly(served: RunningDaemon) -> None:
     """Seed 000 Service B: choose a model, get asked for each feature with its type, see the answer;
@@ -113,8 +120,59 @@ def test_the_interactive_repl_prompts_checks_and_exits_cleanly(served: RunningDa
         assert term.proc.wait(timeout=15) == 0
         assert "Traceback" not in term.seen
     finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-        term.proc.wait()
-        os.close(term.master)
+        term.close()
     assert (served.workdir / ".mlplat_history").exists()
+
+
+def test_the_repl_completes_names_fills_features_from_the_store_and_keeps_history(served: RunningDaemon) -> None:
+    """Tab completes a partial model name on screen; an entity id shows its values in the online store and
+    Enter takes them (the score is the one for exactly those values); a second run recalls the first run's
+    entries with the Up arrow."""
+    stored = {"clicks_1h": 70, "spend_1h": 60.5, "session_minutes": 3.0, "is_premium": False}
+    event = {"event_id": "e1", "user_id": "user_7", "event_time": dt.datetime.now(dt.UTC).isoformat(),
+             "country": "de", **stored}
+    (served.workdir / "events.ndjson").write_text(json.dumps(event) + "\n")
+    result = served.cli("ingest", "events.ndjson", "-f", "user_activity")
+    assert result.returncode == 0, result.stderr
+    one_shot = served.cli("predict", "-m", "churn", "--features", json.dumps(stored), "--json")
+    assert one_shot.returncode == 0, one_shot.stderr
+    expected_score = f"score {json.loads(one_shot.stdout)['score']:.6g}   churn v1"
+
+    term = Terminal([*MLPLAT, "predict", "--target", served.target], served.workdir)
+    try:
+        prompt = term.expect("model> ")
+        term.type("chu\t")
+        term.expect("churn", since=prompt)  # completed by Tab, before Enter
+        term.type("\n")
+        term.expect("churn v1 takes:")
+        term.expect("entity id in user_activity")
+        term.type("user_7\n")
+        term.expect("user_7 in the online store: clicks_1h=70, spend_1h=60.5, session_minutes=3, is_premium=false")
+        for shown in ("clicks_1h (int) [Enter: 70 from the store]> ", "spend_1h (float) [Enter: 60.5 from the store]> ",
+                      "session_minutes (float) [Enter: 3 from the store]> ",
+                      "is_premium (bool) [Enter: false from the store]> "):
+            term.expect(shown)
+            term.type("\n")
+        answered = term.expect(" ms\r\n")
+        assert expected_score in term.seen[:answered]
+        term.expect("entity id in user_activity", since=answered)
+        term.type("\x04")
+        assert term.proc.wait(timeout=15) == 0
+    finally:
+        term.close()
+
+    again = Terminal([*MLPLAT, "predict", "--target", served.target], served.workdir)
+    try:
+        prompt = again.expect("model> ")
+        again.type("\x1b[A")  # Up: the first run's last entry
+        recalled = again.expect("user_7", since=prompt)
+        again.type("\x1b[A")  # and the one before it
+        again.expect("churn", since=recalled)
+        again.type("\n")
+        again.expect("churn v1 takes:", since=recalled)
+        again.expect("entity id in user_activity", since=recalled)
+        again.type("\x04")
+        assert again.proc.wait(timeout=15) == 0
+        assert "Traceback" not in again.seen
+    finally:
+        again.close()

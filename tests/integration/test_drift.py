@@ -33,12 +33,13 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     await d.stop()
 
 
-def rows(seed: int, n: int, shift: dict[str, float] | None = None, start: dt.datetime = T0) -> list[dict[str, Any]]:
+def rows(seed: int, n: int, shift: dict[str, float] | None = None, start: dt.datetime = T0,
+         step_ms: float = 1000) -> list[dict[str, Any]]:
     from mlplat.features.definitions import load_catalog
 
     fs = load_catalog(Path("config/features.toml")).feature_sets["user_activity"]
     return generate_records(GeneratorSpec(fs, "user_id", entities=300, seed=seed, shift=shift or {}, start=start,
-                                          step_ms=1000), n)
+                                          step_ms=step_ms), n)
 
 
 def matrix(records: list[dict[str, Any]]) -> np.ndarray:
@@ -173,3 +174,54 @@ async def test_labels_give_performance_and_ingested_rows_are_compared_too(daemon
     metrics_text = daemon.metrics.render().decode()
     assert 'mlplat_model_performance{metric="auc",model="churn"}' in metrics_text
     assert 'mlplat_model_performance{metric="auc_bound",model="churn"} 0.94' in metrics_text
+
+
+async def test_a_shift_of_the_country_mix_is_detected_on_country_alone(daemon: Daemon, tmp_path: Path) -> None:
+    """country is a string: no model input, so it is compared as ingested in the bucket; is_premium, a bool
+    input, gets the categorical statistics as served and as ingested."""
+    reference = rows(1, 5000)
+    (tmp_path / "reference.ndjson").write_text("\n".join(json.dumps(r) for r in reference))
+    await daemon.batch.ingest_file(tmp_path / "reference.ndjson", "user_activity", upload_id="reference")
+    await register(daemon, "churn", {"start": T0.isoformat(), "end": (T0 + dt.timedelta(seconds=5000)).isoformat()})
+    await daemon.serving.predict_batch("churn", NAMES, matrix(rows(2, 3000)))
+    await daemon.prediction_log.flush()
+    logged = await daemon.warehouse.read("SELECT max(predicted_at) AS t FROM predictions")
+    at = logged["t"][0].as_py()  # the run's bucket is the one the predictions are in, even at an hour's turn
+    bucket = dt.datetime.fromtimestamp(at.timestamp() // 3600 * 3600, dt.UTC)
+    current = rows(3, 3000, start=bucket, step_ms=1)  # the numbers as in the reference; 70% from the US
+    for i, record in enumerate(current):
+        record["country"] = "us" if i % 10 < 7 else record["country"]
+    (tmp_path / "current.ndjson").write_text("\n".join(json.dumps(r) for r in current))
+    await daemon.batch.ingest_file(tmp_path / "current.ndjson", "user_activity", upload_id="current")
+
+    [drift] = await daemon.monitoring.run_drift(["churn"], at=at)
+    values = {(v.source, v.feature, v.statistic): v for v in drift.values}
+    assert drift.detected
+    assert {k for k, v in values.items() if v.crossed} == {("ingest", "country", "psi")}
+    country = values[("ingest", "country", "psi")]
+    assert country.value > 0.5 and country.threshold == 0.2
+    assert (country.reference_n, country.current_n) == (5000, 3000)
+    assert values[("ingest", "country", "unseen_share")].value == 0.0
+    assert values[("ingest", "country", "unseen_share")].threshold == 0.05
+    assert values[("ingest", "country", "chi2_pvalue")].value < 1e-12
+    assert not any(f == "country" for source, f, _ in values if source == "predictions")  # not an input
+    for source in ("predictions", "ingest"):  # the bool input: categorical statistics, the numbers: numeric ones
+        assert {s for src, f, s in values if (src, f) == (source, "is_premium")} == \
+            {"psi", "chi2", "chi2_pvalue", "unseen_share"}
+        assert {s for src, f, s in values if (src, f) == (source, "spend_1h")} == \
+            {"ks", "ks_pvalue", "psi", "kl", "js", "wasserstein"}
+
+    stored = await daemon.warehouse.read("SELECT source, statistic, value, threshold, crossed FROM drift_results "
+                                         "WHERE model = 'churn' AND feature = 'country' ORDER BY statistic")
+    assert [(r["source"], r["statistic"], r["crossed"]) for r in stored.to_pylist()] == [
+        ("ingest", "chi2", False), ("ingest", "chi2_pvalue", False), ("ingest", "psi", True),
+        ("ingest", "unseen_share", False)]
+    metrics = daemon.metrics.render().decode()
+    assert f'mlplat_feature_drift{{feature="country",model="churn",statistic="psi"}} {country.value}' in metrics
+    assert 'mlplat_feature_drift{feature="is_premium",model="churn",statistic="unseen_share"} 0.0' in metrics
+    target = f"127.0.0.1:{daemon.api.port}"
+    shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlplat", "drift", "-m", "churn",
+                                                     "--target", target], capture_output=True, text=True)
+    assert shown.returncode == 0 and "DRIFT" in shown.stdout, shown.stdout + shown.stderr
+    [row] = [line for line in shown.stdout.splitlines() if "country" in line]  # a row per source and feature
+    assert "ingest" in row and f"psi {country.value:.4g} >= 0.2" in row, shown.stdout

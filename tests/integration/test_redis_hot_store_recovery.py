@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlplat.backends.hotstore.redis import RedisHotStore
-from mlplat.errors import BackendUnavailable
+from mlplat.errors import BackendError, BackendUnavailable
 from tests.servers import ServerProcess, free_port, start_redis
 
 pytestmark = pytest.mark.integration
@@ -121,9 +121,15 @@ async def test_the_password_argument_wins_over_the_one_in_the_url(tmp_path: Path
             await store.aclose()
         refused = RedisHotStore(f"redis://:right-pw@127.0.0.1:{server.port}/0", password="wrong-pw")
         try:
-            message = await unavailable_error(refused.connect)
+            with pytest.raises(BackendError) as err:  # refused, not unreachable: start-up does not wait for it
+                await refused.connect()
+            assert type(err.value) is BackendError
+            message = str(err.value)
+            assert "unreachable" not in message
+            later = await unavailable_error(refused.ping)  # while running, a refusing server is an outage
         finally:
             await refused.aclose()
+        assert "authentication failed" in later
         assert f"127.0.0.1:{server.port}" in message and "authentication failed" in message
         assert "wrong-pw" not in message and "right-pw" not in message
     finally:

@@ -9,6 +9,7 @@ import pytest
 
 from mlplat.config import Settings, load_settings
 from mlplat.errors import ConfigError
+from tests.secrets import ADMIN_TOKEN, READ_TOKEN, leaked_in
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,3 +114,70 @@ def test_every_listener_binds_to_loopback_and_the_api_is_open_only_without_token
     settings = load_settings()
     assert (settings.api.host, settings.api.http_host) == ("127.0.0.1", "127.0.0.1")
     assert settings.api.tokens() == (None, None) and settings.api.tls() is None
+
+
+@pytest.mark.parametrize("key", ["host", "http_host"])
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "", "10.1.2.3", "mlplat.internal"])
+def test_a_listener_other_machines_can_reach_without_an_admin_token_is_refused(key: str, address: str) -> None:
+    """gRPC or HTTP on anything but loopback, without an admin token: one config line naming the key and
+    value (the CLI exits 2). HTTP counts too: the console will serve pages that change state on it."""
+    settings = load_settings(api={key: address})
+    with pytest.raises(ConfigError) as err:
+        settings.api.check_exposure()
+    msg = str(err.value)
+    assert msg.startswith(f"config: api.{key} = {address!r}: not loopback, and no admin token is set")
+    assert "api.admin_token_file" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_listeners_need_no_token(address: str) -> None:
+    """Only this machine can connect: no token, no warning."""
+    assert load_settings(api={"host": address, "http_host": address}).api.check_exposure() == []
+
+
+def test_production_toml_refuses_to_start_without_an_admin_token(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """config/production.toml binds 0.0.0.0: without a token start-up stops; with the token file the compose
+    file passes as a secret it starts, warning that gRPC and HTTP are plaintext."""
+    production = REPO / "config" / "production.toml"
+    with pytest.raises(ConfigError, match=r"^config: api\.host = '0\.0\.0\.0', api\.http_host = '0\.0\.0\.0': "):
+        load_settings(production).api.check_exposure()
+    token = tmp_path / "mlplat_admin_token"
+    token.write_text(ADMIN_TOKEN + "\n")
+    monkeypatch.setenv("MLPLAT_API__ADMIN_TOKEN_FILE", str(token))
+    warnings = load_settings(production).api.check_exposure()
+    assert [w.split(" = ")[0] for w in warnings] == ["api.host", "api.http_host"]
+    assert "without TLS" in warnings[0] and "HTTP has no TLS" in warnings[1]
+    assert all("api.allow_plaintext = true" in w and ADMIN_TOKEN not in w for w in warnings)
+
+
+def test_allow_plaintext_silences_the_warning_and_tls_answers_it_for_grpc(tmp_path: Path) -> None:
+    """The plaintext warning goes away when the user says the network is trusted; gRPC over TLS needs none
+    (HTTP still has no TLS, so its warning stays)."""
+    exposed = {"host": "0.0.0.0", "http_host": "0.0.0.0", "admin_token": ADMIN_TOKEN}
+    assert load_settings(api={**exposed, "allow_plaintext": True}).api.check_exposure() == []
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not checked here")
+    key.write_text("not checked here")
+    tls = {**exposed, "tls_cert_file": str(cert), "tls_key_file": str(key)}
+    [warning] = load_settings(api=tls).api.check_exposure()
+    assert warning.startswith("api.http_host = '0.0.0.0': HTTP has no TLS")
+    assert load_settings(api={**tls, "http_host": "127.0.0.1"}).api.check_exposure() == []
+
+
+def test_startup_wait_defaults_to_a_minute_and_cannot_be_negative() -> None:
+    """Compose and Kubernetes start the backends beside mlplat: start-up waits for them, 60 s by default."""
+    assert load_settings().supervisor.startup_wait_s == 60.0
+    assert load_settings(supervisor={"startup_wait_s": 0}).supervisor.startup_wait_s == 0
+    with pytest.raises(ConfigError, match=r"supervisor\.startup_wait_s = -1"):
+        load_settings(supervisor={"startup_wait_s": -1})
+
+
+def test_an_error_about_a_whole_section_never_prints_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check across a section (the TLS pair) names the section and the rule, not its raw input."""
+    monkeypatch.setenv("MLPLAT_API__READ_TOKEN", READ_TOKEN)
+    monkeypatch.setenv("MLPLAT_API__ADMIN_TOKEN", ADMIN_TOKEN)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(api={"tls_cert_file": "/nonexistent/cert.pem"})
+    assert "tls_cert_file and tls_key_file go together" in str(refused.value)
+    assert leaked_in(str(refused.value)) == []

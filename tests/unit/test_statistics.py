@@ -21,13 +21,26 @@ from mlplat.monitoring.statistics import (
 )
 
 
+def reference_bins(a: np.ndarray, b: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bins the statistics module documents, counted by np.histogram: [e, e] is [e, nextafter(e))."""
+    distinct = np.unique(a)
+    if len(distinct) <= bins:  # one bin per reference value, one per gap
+        edges, single = distinct, [True] * len(distinct)
+    else:  # reference deciles; an edge the reference holds more than once is a bin of its own
+        edges = np.unique(np.quantile(a, np.linspace(0, 1, bins + 1)[1:-1]))
+        single = [int(np.count_nonzero(a == e)) > 1 for e in edges]
+    boundaries = [-np.inf]
+    for e, alone in zip(edges, single, strict=True):
+        boundaries += [e, np.nextafter(e, np.inf)] if alone else [e]
+    boundaries.append(np.inf)
+    return np.histogram(a, boundaries)[0], np.histogram(b, boundaries)[0]
+
+
 def reference_numeric(a: np.ndarray, b: np.ndarray, bins: int = 10) -> dict[str, float]:
     """The plain per-column computation, written from the definitions."""
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     ks = stats.ks_2samp(a, b)
-    edges = np.unique(np.quantile(a, np.linspace(0, 1, bins + 1)[1:-1]))
-    ra = np.bincount(np.digitize(a, edges), minlength=len(edges) + 1)
-    cb = np.bincount(np.digitize(b, edges), minlength=len(edges) + 1)
+    ra, cb = reference_bins(a, b, bins)
     r, c = np.maximum(ra / ra.sum(), PSI_EPSILON), np.maximum(cb / cb.sum(), PSI_EPSILON)
     k = len(ra)
     smoothed_r, smoothed_c = (ra + KL_ALPHA) / (ra.sum() + KL_ALPHA * k), (cb + KL_ALPHA) / (cb.sum() + KL_ALPHA * k)
@@ -66,9 +79,56 @@ def test_numeric_statistics_equal_the_reference(seed: int, n: int, m: int) -> No
     (np.linspace(0, 1, 100), np.full(10, 7.0)),  # constant current
     (np.array([1.0]), np.array([2.0])),  # one row each
     (np.array([0, 0, 0, 1.0]), np.array([0, 1, 1, 1.0])),  # heavy ties
+    (np.full(1000, 7.0), np.full(800, 8.0)),  # the current sample entirely outside the reference's values
+    (np.full(1000, 8.0), np.full(800, 7.0)),
+    (np.repeat([1.0, 2.0, 3.0], [500, 450, 50]), np.repeat([1.0, 2.0, 3.0], [500, 50, 450])),  # 3 values
+    (np.repeat([1.0, 2.0, 3.0], [500, 450, 50]), np.full(300, 2.5)),  # between the reference's values
+    (np.concatenate([np.full(950, 7.0), np.linspace(7.1, 10, 50)]), np.full(500, 8.0)),  # next to a heavy value
+    (np.repeat(np.arange(10.0), 30), np.repeat(np.arange(10.0), np.arange(10) * 6)),  # as many values as bins
+    (np.repeat(np.arange(11.0), 30), np.repeat(np.arange(11.0), np.arange(11) * 6)),  # one more: deciles
 ])
 def test_edge_cases_are_defined_and_equal_the_reference(a: np.ndarray, b: np.ndarray) -> None:
     assert_matches(numeric_drift(a, b), reference_numeric(a, b))
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    (np.full(1000, 7.0), np.full(800, 8.0)),
+    (np.full(1000, 8.0), np.full(800, 7.0)),
+    (np.repeat([1.0, 2.0, 3.0], [500, 450, 50]), np.full(300, 2.5)),
+    (np.repeat([1.0, 2.0, 3.0], [500, 450, 50]), np.full(300, 4.0)),
+    (np.concatenate([np.full(950, 7.0), np.linspace(7.1, 10, 50)]), np.full(500, 8.0)),
+])
+def test_a_sample_moved_off_the_reference_values_is_seen_by_the_binned_statistics(a: np.ndarray,
+                                                                                     b: np.ndarray) -> None:
+    """KS says the samples share nothing (or almost); PSI, KL and JS must say so too."""
+    result = numeric_drift(a, b)
+    assert isinstance(result, NumericDrift) and result.ks > 0.9
+    assert result.psi > 10 and result.kl > 2 and result.js > 0.75  # JS's maximum is sqrt(ln 2) = 0.83
+
+
+@pytest.mark.parametrize("a", [
+    np.random.default_rng(1).normal(0, 1, 5000),
+    np.round(np.random.default_rng(2).normal(0, 1, 5000), 1),
+    np.repeat([1.0, 2.0, 3.0], [500, 450, 50]),
+    np.full(100, 7.0),
+    np.concatenate([np.full(950, 7.0), np.linspace(7.1, 10, 50)]),
+])
+def test_identical_samples_give_zero(a: np.ndarray) -> None:
+    result = numeric_drift(a, np.random.default_rng(3).permutation(a))
+    assert isinstance(result, NumericDrift)
+    assert (result.psi, result.kl, result.js) == (0.0, 0.0, 0.0)
+    assert result.ks < 1e-12 and result.wasserstein < 1e-12 and result.ks_pvalue == 1.0
+
+
+def test_a_reference_of_few_values_gets_a_bin_per_value() -> None:
+    """Mass moving between two of three values is all PSI sees; quantile bins would have merged them."""
+    a = np.repeat([1.0, 2.0, 3.0], [500, 450, 50])
+    b = np.repeat([1.0, 2.0, 3.0], [500, 350, 150])
+    r, c = np.array([0.5, 0.45, 0.05]), np.array([0.5, 0.35, 0.15])
+    result = numeric_drift(a, b)
+    assert isinstance(result, NumericDrift)
+    assert result.psi == pytest.approx(float(np.sum((c - r) * np.log(c / r))), rel=1e-12)
+    assert result.psi > 0.1
 
 
 @pytest.mark.parametrize(("a", "b", "which"), [
@@ -100,6 +160,19 @@ def test_categorical_statistics_equal_the_reference_and_count_unseen_categories(
     assert result.psi == pytest.approx(float(np.sum((cp - rp) * np.log(cp / rp))), rel=1e-9)
     assert result.unseen_share == pytest.approx(c[3] / c.sum())
     assert (result.reference_n, result.current_n) == (4000, 3000)
+
+
+def test_categories_count_the_same_from_lists_arrow_and_float_arrays() -> None:
+    """The monitor passes strings as Arrow columns and bools as 0/1 floats (NaN for null)."""
+    import pyarrow as pa
+
+    ref, cur = ["de", "fr", None, "de", "gb"] * 40, ["de", "nl", "nl", None, "fr"] * 30
+    from_lists = categorical_drift(ref, cur)
+    from_arrow = categorical_drift(pa.chunked_array([pa.array(ref[:77]), pa.array(ref[77:])]), pa.array(cur))
+    assert from_lists == from_arrow and isinstance(from_arrow, CategoricalDrift) and from_arrow.reference_n == 160
+    flags = categorical_drift(np.array([1.0, 0.0, 0.0, np.nan] * 50), np.array([1.0, 1.0, 0.0, np.nan] * 50))
+    as_bools = categorical_drift([True, False, False, None] * 50, [True, True, False, None] * 50)
+    assert flags == as_bools and isinstance(flags, CategoricalDrift) and flags.current_n == 150
 
 
 def test_categorical_edge_cases() -> None:

@@ -12,11 +12,15 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from mlplat.backends.security import SaslLogin, TlsFiles
 from mlplat.backends.urls import redact_url, scheme_of
 from mlplat.errors import ConfigError, MlplatError
 from mlplat.observability.logging import get_logger
+
+if TYPE_CHECKING:
+    from mlplat.observability.metrics import Metrics
 
 log = get_logger("bus")
 
@@ -157,15 +161,18 @@ async def rewind(consumer: BusConsumer, owner: str) -> None:
             delay = min(delay * 2, REWIND_MAX_DELAY_S)
 
 
-def open_bus(url: str) -> EventBus:
-    """Build (not connect) the bus for a URL; the scheme picks the implementation."""
+def open_bus(url: str, *, tls: TlsFiles | None = None, sasl: SaslLogin | None = None,
+             consumer_stall_s: float | None = None, metrics: Metrics | None = None) -> EventBus:
+    """Build (not connect) the bus for a URL; the scheme picks the implementation. tls and sasl: Kafka's
+    connection security (see BusSettings.security); consumer_stall_s and metrics: Kafka's consumer watchdog."""
     scheme = scheme_of(url)
     if scheme == "memory":
         from mlplat.backends.bus.memory import MemoryBus
 
         return MemoryBus()
     if scheme == "kafka":
-        from mlplat.backends.bus.kafka import KafkaBus
+        from mlplat.backends.bus.kafka import DEFAULT_CONSUMER_STALL_S, KafkaBus
 
-        return KafkaBus(url)
+        return KafkaBus(url, tls=tls, sasl=sasl, consumer_stall_s=consumer_stall_s or DEFAULT_CONSUMER_STALL_S,
+                        metrics=metrics)
     raise ConfigError(f"bus.url = {redact_url(url)!r}: unknown scheme {scheme!r} (expected {', '.join(SCHEMES)})")

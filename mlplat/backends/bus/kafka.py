@@ -14,33 +14,51 @@ Broker quirks handled here (found against the Tansu broker the integration tests
   multi-record batch; end_offsets() reads the last batch to correct that (a no-op on Kafka).
 - Tansu auto-creates an unknown topic with 4 partitions (Kafka's default is 1); create topics explicitly.
 - Tansu holds a group join for half the session timeout; `session_timeout_ms` is a constructor argument.
+- Tansu keeps a group at generation 0 when its only member rejoins, and answers that member's SyncGroup with
+  the previous assignment: after a restart that lost the topics (or a topic recreated with more
+  partitions), the member never reads the new partitions, with no error. A consumer stuck like that (or
+  out of its group, or without a coordinator) for `consumer_stall_s` while the broker answers is closed and
+  created again (KafkaConsumer's watchdog); the new member resumes from the committed offsets.
+
+TLS and SASL (PLAIN, SCRAM-SHA-256/512) go to every client. aiokafka only logs why a TLS or SASL handshake
+failed (then raises "Unable to bootstrap", or a bare KeyError for a refused SCRAM login), so connect() first
+opens one connection of its own and reports the reason (check_login).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
     RequestTimedOutError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
+    UnsupportedSaslMechanismError,
     for_code,
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
 from mlplat.backends.bus import Message, TopicPartition
+from mlplat.backends.security import SaslLogin, TlsFiles
 from mlplat.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from mlplat.observability.logging import get_logger
+
+if TYPE_CHECKING:
+    from mlplat.observability.metrics import Metrics
 
 T = TypeVar("T")
 log = get_logger("bus")
@@ -57,6 +75,9 @@ CONSUMER_START_TIMEOUT_S = 30.0
 """start() returns once the group gave this member its partitions, which waits for the others to rejoin."""
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 """A member silent this long is dropped from its group (Kafka brokers accept 6,000 to 1,800,000)."""
+DEFAULT_CONSUMER_STALL_S = 30.0
+"""A consumer stuck this long is rebuilt (bus.consumer_stall_s): well above the session timeout, the longest a
+healthy rebalance keeps a member out of its group."""
 END_OFFSET_READ_S = 2.0
 # a fetch the broker holds open returns at the latest after this (see _consumer_options)
 FETCH_MAX_WAIT_MS = 50
@@ -68,7 +89,8 @@ def bootstrap_servers(url: str) -> str:
     netloc = rest.split("/", 1)[0].split("?", 1)[0]
     if "@" in netloc:
         raise ConfigError(
-            f"bus.url = {display_url(url)!r}: credentials in kafka:// URLs are not supported (no SASL yet)"
+            f"bus.url = {display_url(url)!r}: credentials do not go in kafka:// URLs: set bus.sasl_mechanism, "
+            "bus.sasl_username and MLPLAT_BUS__SASL_PASSWORD (or bus.sasl_password_file)"
         )
     hosts = [h.strip() for h in netloc.split(",") if h.strip()]
     if not hosts:
@@ -102,10 +124,20 @@ def _is_outage(e: BaseException) -> bool:
 class KafkaBus:
     """An EventBus on a Kafka cluster; safe to share between the tasks of one event loop."""
 
-    def __init__(self, url: str, *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS) -> None:
+    def __init__(self, url: str, *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
+                 tls: TlsFiles | None = None, sasl: SaslLogin | None = None,
+                 consumer_stall_s: float = DEFAULT_CONSUMER_STALL_S, metrics: Metrics | None = None) -> None:
+        """tls: connect over TLS with these files (TlsFiles("bus") for the system's CAs); sasl: log in.
+        consumer_stall_s: how long a consumer may stay stuck before it is rebuilt (counted in metrics)."""
         self._url = display_url(url)
         self._servers = bootstrap_servers(url)
         self._session_timeout_ms = session_timeout_ms
+        self._consumer_stall_s = consumer_stall_s
+        self._metrics = metrics
+        self._sasl = sasl
+        self._ssl_context = None if tls is None else tls.context()  # files are read now: errors at start-up
+        self._client_cert = tls is not None and tls.cert_file is not None
+        self._security = _security_options(self._ssl_context, sasl)  # for every aiokafka client
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None  # group-less, for end offsets
@@ -146,8 +178,10 @@ class KafkaBus:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_TIMEOUT_S
+        if self._ssl_context is not None or self._sasl is not None:
+            await self.check_login(deadline)
         common: dict[str, Any] = {
-            "bootstrap_servers": self._servers, "request_timeout_ms": REQUEST_TIMEOUT_MS,
+            "bootstrap_servers": self._servers, "request_timeout_ms": REQUEST_TIMEOUT_MS, **self._security,
         }
         producer = await self._start_producer(common, deadline)
         admin = AIOKafkaAdminClient(**common)
@@ -182,6 +216,72 @@ class KafkaBus:
             self.idempotent = idempotent
             return producer
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def check_login(self, deadline: float) -> None:
+        """Connect to one broker with the TLS and SASL settings, so a failure says why: BackendError for a
+        refused certificate or login (settings to fix: start-up stops at once), BackendUnavailable when no
+        broker answers (start-up waits for one)."""
+        loop = asyncio.get_running_loop()
+        outage: BackendUnavailable | None = None
+        for server in self._servers.split(","):
+            host, _, port = server.rpartition(":")
+            try:
+                conn = await self._probe(host, int(port), self._sasl, max(deadline - loop.time(), 0.1))
+            except BackendUnavailable as e:  # this broker is down: another may answer
+                outage = e
+                continue
+            conn.close()
+            return
+        if outage is not None:
+            raise outage
+
+    async def _probe(self, host: str, port: int, login: SaslLogin | None, timeout_s: float) -> Any:
+        """One aiokafka connection (handshakes done), its failure translated."""
+        where = f"{host}:{port}"
+        sasl = "" if login is None else f"SASL {login.mechanism} login as {login.username!r} at {where}"
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await create_conn(host, port, request_timeout_ms=REQUEST_TIMEOUT_MS,
+                                         **_security_options(self._ssl_context, login))
+        except ssl.SSLCertVerificationError as e:
+            raise BackendError(f"bus {self._url}: TLS: the certificate of {where} was refused: {e.verify_message} "
+                               "(check bus.tls_ca_file)") from None
+        except ssl.SSLError as e:
+            raise BackendError(f"bus {self._url}: TLS handshake with {where} failed: {e.reason or e}") from None
+        except TimeoutError:
+            waited = min(timeout_s, REQUEST_TIMEOUT_MS / 1000)  # aiokafka gives up on a connection after this
+            hint = " (is it a TLS listener?)" if self._ssl_context is not None else ""
+            raise BackendUnavailable(f"bus {self._url} unreachable: {where} did not answer within {waited:g}s"
+                                     f"{hint}") from None
+        except UnsupportedSaslMechanismError as e:
+            detail = e.args[0] if e.args and isinstance(e.args[0], str) else "is SASL enabled on that listener?"
+            raise BackendError(f"bus {self._url}: {sasl} refused: mechanism not offered ({detail})") from None
+        except SaslAuthenticationFailed as e:
+            raise BackendError(f"bus {self._url}: {sasl} refused: {e.args[0] if e.args else e}") from None
+        except (KeyError, ValueError):  # aiokafka's SCRAM client, given a server-final message without a proof
+            if login is None:
+                raise
+            raise BackendError(f"bus {self._url}: {sasl} refused (wrong username or password?)") from None
+        except KafkaConnectionError as e:
+            if login is not None and await self._answers(host, port, timeout_s):  # so the login made it hang up
+                raise BackendError(f"bus {self._url}: {sasl}: the broker closed the connection "
+                                   f"(does it offer SASL {login.mechanism}?)") from None
+            hint = ""
+            if self._ssl_context is not None and not self._client_cert:  # TLS 1.3 refuses one after the handshake
+                hint = " (does it want a client certificate? set bus.tls_cert_file and bus.tls_key_file)"
+            raise BackendUnavailable(f"bus {self._url} unreachable: connecting to {where} failed: "
+                                     f"{str(e) or type(e).__name__}{hint}") from None
+        except (KafkaError, OSError) as e:
+            raise self._unreachable(f"connecting to {where}", e) from None
+
+    async def _answers(self, host: str, port: int, timeout_s: float) -> bool:
+        """Whether the broker takes a connection without SASL."""
+        try:
+            conn = await self._probe(host, port, None, timeout_s)
+        except BackendError:
+            return False
+        conn.close()
+        return True
 
     def _connected(self) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._producer is None or self._admin is None or self._reader is None:
@@ -348,7 +448,7 @@ class KafkaBus:
 
     def _consumer_options(self) -> dict[str, Any]:
         return {
-            "bootstrap_servers": self._servers, "request_timeout_ms": REQUEST_TIMEOUT_MS,
+            "bootstrap_servers": self._servers, "request_timeout_ms": REQUEST_TIMEOUT_MS, **self._security,
             "enable_auto_commit": False, "auto_offset_reset": "earliest",
             "session_timeout_ms": self._session_timeout_ms,
             "heartbeat_interval_ms": min(1_000, self._session_timeout_ms // 3),
@@ -375,8 +475,64 @@ class _KeepPaused(ConsumerRebalanceListener):  # type: ignore[misc]
             self._client.pause(*assigned)
 
 
+class _RoundRobin:
+    """aiokafka's round-robin assignor (same protocol name, so members of other versions agree), which also
+    notes whether the broker handed this member, as the group's leader, the share it assigned itself."""
+
+    name = RoundRobinPartitionAssignor.name
+    version = RoundRobinPartitionAssignor.version
+
+    def __init__(self) -> None:
+        self.client: AIOKafkaConsumer | None = None
+        self.short = False
+        """The last assignment received is not the one this member computed for itself as the leader."""
+        self._led: tuple[tuple[int, str], set[KafkaTP]] | None = None
+
+    def metadata(self, topics: Any) -> Any:
+        return RoundRobinPartitionAssignor.metadata(topics)
+
+    def assign(self, cluster: Any, members: Any) -> Any:
+        assignments = RoundRobinPartitionAssignor.assign(cluster, members)
+        identity = _identity(self.client)
+        own = assignments.get(identity[1])
+        self._led = (identity, set() if own is None else set(own.partitions()))
+        return assignments
+
+    def on_assignment(self, assignment: Any) -> None:
+        led, self._led = self._led, None
+        self.short = led is not None and led[0] == _identity(self.client) and led[1] != set(assignment.partitions())
+
+
+def _identity(client: AIOKafkaConsumer | None) -> tuple[int, str]:
+    """(generation, member id) of the client's group membership."""
+    assert client is not None
+    return int(client._coordinator.generation), str(client._coordinator.member_id)
+
+
+def _stall_reason(client: AIOKafkaConsumer, assignor: _RoundRobin) -> str | None:
+    """Why the client cannot be reading its share of the topics, from its own group state (aiokafka's private
+    attributes: it has no public view of its membership); None for a member in its group with its partitions,
+    whether or not anything arrives, and with none when the group has more members than partitions."""
+    coordinator = client._coordinator
+    subscription = client._subscription.subscription
+    if coordinator is None or subscription is None:
+        return None
+    if coordinator.coordinator_id is None:
+        return "coordinator_unknown"
+    if coordinator.need_rejoin(subscription):
+        return "not_joined"
+    if assignor.short:
+        return "stale_assignment"
+    return None
+
+
 class KafkaConsumer:
-    """One member of a consumer group (an AIOKafkaConsumer, created on start)."""
+    """One member of a consumer group (an AIOKafkaConsumer, created on start).
+
+    poll() is also a watchdog: a client stuck (see _stall_reason) for the bus's consumer_stall_s while the broker
+    answers a ping is closed and replaced by a new one, which resumes from the committed offsets. Until the new
+    one has its partitions, poll() returns nothing and the other calls raise BackendUnavailable.
+    """
 
     def __init__(self, bus: KafkaBus, topics: list[str], group: str) -> None:
         self._bus = bus
@@ -384,39 +540,117 @@ class KafkaConsumer:
         self._group = group
         self.client: AIOKafkaConsumer | None = None
         self.paused = False
+        self.rebuilds = 0
+        """Clients replaced by the watchdog."""
+        self._assignor = _RoundRobin()
+        self._running = False  # between start() and stop(), also while the client is being replaced
+        self._stalled_since: float | None = None
+        self._rebuild: asyncio.Task[None] | None = None
+        self._rebuild_reason = ""
+        self._rebuild_error: BackendError | None = None
 
     def _started(self) -> AIOKafkaConsumer:
         if self.client is None:
+            if self._running:
+                self._replace(None)  # after a replacement that could not start: try again
+                raise self._rebuild_error or BackendUnavailable(
+                    f"bus {self._bus.url}: the consumer of group {self._group!r} is being rebuilt")
             self._bus._connected()  # a closed bus stopped its consumers: BackendUnavailable, as on memory://
             raise RuntimeError("the consumer is not started (or was stopped)")
         return self.client
 
-    async def start(self) -> None:
-        """Join the group; returns once this member has its partitions."""
-        if self.client is not None:
-            return
+    async def _open(self) -> tuple[AIOKafkaConsumer, _RoundRobin]:
+        """A new client in the group; returns once it has its partitions."""
         self._bus._connected()
-        client = AIOKafkaConsumer(group_id=self._group, **self._bus._consumer_options())
+        assignor = _RoundRobin()
+        client = AIOKafkaConsumer(group_id=self._group, partition_assignment_strategy=(assignor,),
+                                  **self._bus._consumer_options())
+        assignor.client = client
         client.subscribe(self._topics, listener=_KeepPaused(self, client))
         try:
             await self._bus._bounded("consumer start", client.start(), CONSUMER_START_TIMEOUT_S)
-        except BackendError:
+        except BaseException:  # cancelled too: a half-started client would stay in the group
             await _quietly(client.stop())
             raise
-        self.client = client
+        return client, assignor
+
+    async def start(self) -> None:
+        """Join the group; returns once this member has its partitions."""
+        if self._running:
+            return
+        self.client, self._assignor = await self._open()
+        self._running = True
+        self._stalled_since = None
         self._bus._consumers.add(self)
 
     async def poll(self, *, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Message]]:
+        if self.client is None and self._running:  # being replaced: wait for it, up to timeout_s
+            await asyncio.wait({self._replace(None)}, timeout=max(timeout_s, 0))
+            if self.client is None and self._rebuild_error is not None:
+                raise self._rebuild_error
+            return {}
         client = self._started()
         try:
             async with asyncio.timeout(max(timeout_s, 0) + CALL_TIMEOUT_S):
                 batches = await client.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
         except (KafkaError, OSError, TimeoutError) as e:
             raise self._bus._unreachable("poll", e) from None
+        await self._watch(client)
         return {
             TopicPartition(tp.topic, tp.partition): [_message(r) for r in records]
             for tp, records in batches.items() if records
         }
+
+    async def _watch(self, client: AIOKafkaConsumer) -> None:
+        """Replace the client once it has been stuck for consumer_stall_s and the broker answers (when it does
+        not, this is an outage, which aiokafka rides out by itself: the clock starts again)."""
+        reason = _stall_reason(client, self._assignor)
+        now = asyncio.get_running_loop().time()
+        if reason is None or self.client is not client:
+            self._stalled_since = None
+            return
+        if self._stalled_since is None:
+            self._stalled_since = now
+        stalled_s = now - self._stalled_since
+        if stalled_s < self._bus._consumer_stall_s:
+            return
+        try:
+            await self._bus.ping()
+        except BackendError:
+            self._stalled_since = asyncio.get_running_loop().time()
+            return
+        if self.client is not client:  # a concurrent poll replaced it, or stop() ran
+            return
+        log.warning("bus_consumer_stalled", group=self._group, topics=self._topics, reason=reason,
+                    stalled_s=round(stalled_s, 1))
+        self.client, self._stalled_since, self._rebuild_reason = None, None, reason
+        self._replace(client)
+
+    def _replace(self, old: AIOKafkaConsumer | None) -> asyncio.Task[None]:
+        """The task replacing the client (closing `old` first), started unless one is under way."""
+        if self._rebuild is None or self._rebuild.done():
+            self._rebuild_error = None
+            self._rebuild = asyncio.create_task(self._rebuilt(old), name=f"bus-consumer-rebuild-{self._group}")
+        return self._rebuild
+
+    async def _rebuilt(self, old: AIOKafkaConsumer | None) -> None:
+        if old is not None:
+            await _quietly(old.stop())
+        try:
+            client, assignor = await self._open()
+        except BackendError as e:  # the next poll or call tries again
+            self._rebuild_error = e
+            log.error("bus_consumer_rebuild_failed", group=self._group, reason=self._rebuild_reason, error=str(e))
+            return
+        if not self._running:  # stopped meanwhile
+            await _quietly(client.stop())
+            return
+        self.client, self._assignor, self._rebuild_error = client, assignor, None
+        self.rebuilds += 1
+        if self._bus._metrics is not None:
+            self._bus._metrics.bus_consumer_rebuilds.labels(self._group, self._rebuild_reason).inc()
+        log.warning("bus_consumer_rebuilt", group=self._group, topics=self._topics, reason=self._rebuild_reason,
+                    assignment=sorted(f"{tp.topic}/{tp.partition}" for tp in client.assignment()))
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         client = self._started()
@@ -459,10 +693,26 @@ class KafkaConsumer:
         aiokafka sends LeaveGroup only from generation 1 on; Tansu numbers generations from 0, so there a
         member stopped in the group's first generation lingers until its session times out.
         """
+        self._running = False
         client, self.client = self.client, None
+        rebuild, self._rebuild = self._rebuild, None
         self._bus._consumers.discard(self)
+        if rebuild is not None and not rebuild.done():
+            rebuild.cancel()
+            await asyncio.wait({rebuild})
         if client is not None:
             await _quietly(client.stop())
+
+
+def _security_options(context: ssl.SSLContext | None, sasl: SaslLogin | None) -> dict[str, Any]:
+    if sasl is None:
+        return {"security_protocol": "PLAINTEXT"} if context is None else {
+            "security_protocol": "SSL", "ssl_context": context}
+    return {
+        "security_protocol": "SASL_PLAINTEXT" if context is None else "SASL_SSL", "ssl_context": context,
+        "sasl_mechanism": sasl.mechanism, "sasl_plain_username": sasl.username,
+        "sasl_plain_password": sasl.password,
+    }
 
 
 def _message(record: Any) -> Message:

@@ -8,10 +8,11 @@ value (WRONGTYPE), ValueError for INCR of a non-integer or a `set` TTL that is n
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
+from mlplat.backends.security import TlsFiles
 from mlplat.backends.urls import redact_url, scheme_of
 from mlplat.errors import ConfigError
 
@@ -54,6 +55,19 @@ class HotStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
     async def mget(self, keys: list[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None: ...
+    async def set_unless_older(
+        self, items: Sequence[tuple[str, int, bytes]], *, ttl_s: float | None = None
+    ) -> int:
+        """Set each (key, version, value) unless the key holds a higher version; returns how many were set.
+
+        Per key, compare and set are one atomic step (a Lua script on Redis), so writers racing on a key
+        always leave the highest version; an equal version is replaced. A value's version is the integer
+        `t` opening its JSON object, `{"t":<version>,...` as orjson writes it; a value without one counts
+        as older than any. Versions are integers within ±memory.VERSION_LIMIT (ValueError otherwise). A key
+        holding a hash raises TypeError, and other keys of the batch may or may not have been written.
+        """
+        ...
+
     async def delete(self, *keys: str) -> int: ...
     async def exists(self, key: str) -> bool: ...
     async def ttl(self, key: str) -> float | None:
@@ -85,8 +99,10 @@ class HotStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_hot_store(url: str, *, password: str | None = None) -> HotStore:
-    """Build (not connect) the hot store for a URL; the scheme picks the implementation."""
+def open_hot_store(url: str, *, password: str | None = None, username: str | None = None,
+                   tls: TlsFiles | None = None) -> HotStore:
+    """Build (not connect) the hot store for a URL; the scheme picks the implementation. username (ACL) and
+    tls (rediss://) are Redis' (see HotStoreSettings.login and tls)."""
     scheme = scheme_of(url)
     if scheme == "memory":
         from mlplat.backends.hotstore.memory import MemoryHotStore
@@ -95,7 +111,7 @@ def open_hot_store(url: str, *, password: str | None = None) -> HotStore:
     if scheme in ("redis", "rediss"):
         from mlplat.backends.hotstore.redis import RedisHotStore
 
-        return RedisHotStore(url, password=password)
+        return RedisHotStore(url, password=password, username=username, tls=tls)
     raise ConfigError(
         f"hot_store.url = {redact_url(url)!r}: unknown scheme {scheme!r} (expected {', '.join(SCHEMES)})"
     )

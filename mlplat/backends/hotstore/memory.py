@@ -12,9 +12,10 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from mlplat.backends import compact
 from mlplat.errors import BackendUnavailable, NotFound
 
 SUBSCRIBER_QUEUE = 1024
@@ -26,6 +27,11 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _REDIS_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,19}")  # as Redis's string2ll: no "+", spaces or leading 0
 
 _Value = bytes | dict[str, bytes]
+
+VERSION_LIMIT = 2**53 - 1
+"""Versions compare exactly in Redis's Lua (its numbers are doubles) only up to this; event times in µs fit
+until the year 2255."""
+_STORED_VERSION = re.compile(rb'\{"t":(-?[0-9]+)[,}]')  # the Lua script's pattern in redis.py, the same
 
 
 def _int64(raw: bytes) -> int | None:
@@ -48,6 +54,21 @@ def check_expire_ttl(ttl_s: float) -> float:
     if not -math.inf < ttl_s < math.inf:
         raise ValueError(f"ttl_s must be a finite number of seconds, got {ttl_s!r}")
     return ttl_s
+
+
+def check_version(key: str, version: int) -> int:
+    """set_unless_older takes integer versions that both backends compare exactly."""
+    if isinstance(version, bool) or not isinstance(version, int) or not -VERSION_LIMIT <= version <= VERSION_LIMIT:
+        raise ValueError(
+            f"hot store key {key!r}: version must be an integer within ±{VERSION_LIMIT}, got {version!r}"
+        )
+    return version
+
+
+def stored_version(value: bytes) -> int | None:
+    """The version set_unless_older reads from a stored value: the integer `t` opening its JSON object."""
+    match = _STORED_VERSION.match(value)
+    return None if match is None else int(match.group(1))
 
 
 class MemoryHotStore:
@@ -121,7 +142,7 @@ class MemoryHotStore:
     # -- commands, shared by the store and its pipelines -----------------------------------------------------
 
     def _set(self, key: str, value: bytes, ttl_s: float | None) -> None:
-        self._data[key] = bytes(value)
+        self._data[key] = compact(value)
         if ttl_s is None:
             self._expires.pop(key, None)  # SET without PX clears an old TTL, as Redis does
         else:
@@ -163,7 +184,7 @@ class MemoryHotStore:
         current = self._hash(key)
         if current is None:
             current = self._data[key] = {}
-        current.update({field: bytes(value) for field, value in mapping.items()})  # the TTL is kept
+        current.update({field: compact(value) for field, value in mapping.items()})  # the TTL is kept
 
     # -- HotStore -------------------------------------------------------------------------------------------
 
@@ -211,6 +232,28 @@ class MemoryHotStore:
     async def hset(self, key: str, mapping: Mapping[str, bytes]) -> None:
         self._enter()
         self._hset(key, mapping)
+
+    async def set_unless_older(
+        self, items: Sequence[tuple[str, int, bytes]], *, ttl_s: float | None = None
+    ) -> int:
+        """One step with no await, so nothing interleaves between a key's compare and its set."""
+        self._enter()
+        ttl = None if ttl_s is None else check_ttl(ttl_s)
+        for key, version, _ in items:
+            check_version(key, version)
+        versions: dict[str, int | None] = {}
+        for key, _, _ in items:
+            if key not in versions:
+                current = self._bytes(key)  # a hash raises TypeError here, before anything is written
+                versions[key] = None if current is None else stored_version(current)
+        written = 0
+        for key, version, value in items:
+            stored = versions[key]
+            if stored is None or stored <= version:
+                self._set(key, value, ttl)
+                versions[key] = version
+                written += 1
+        return written
 
     async def hget(self, key: str, field: str) -> bytes | None:
         self._enter()
@@ -326,12 +369,12 @@ class MemoryPipeline:
         self._ops: list[Callable[[], object]] = []
 
     def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> MemoryPipeline:
-        data, ttl = bytes(value), None if ttl_s is None else check_ttl(ttl_s)
+        data, ttl = compact(value), None if ttl_s is None else check_ttl(ttl_s)
         self._ops.append(lambda: self._store._set(key, data, ttl))
         return self
 
     def hset(self, key: str, mapping: Mapping[str, bytes]) -> MemoryPipeline:
-        snapshot = {field: bytes(value) for field, value in mapping.items()}
+        snapshot = {field: compact(value) for field, value in mapping.items()}
         self._ops.append(lambda: self._store._hset(key, snapshot))
         return self
 

@@ -18,8 +18,9 @@ import contextlib
 import functools
 import math
 import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -33,9 +34,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from mlplat.backends.hotstore.memory import check_expire_ttl, check_ttl
+from mlplat.backends.hotstore.memory import check_expire_ttl, check_ttl, check_version
+from mlplat.backends.security import TlsFiles
 from mlplat.backends.urls import redact_url
-from mlplat.errors import BackendError, BackendUnavailable, NotFound
+from mlplat.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 
 T = TypeVar("T")
 
@@ -48,6 +50,37 @@ FAIL_FAST_S = 1.0  # after a call found the server unreachable, others fail at o
 SUBSCRIBE_POLL_S = 1.0
 """How often an idle subscription wakes, which is when redis-py sends its health-check PING."""
 SCAN_COUNT = 1000
+SCRIPT_KEYS = 1000
+"""Keys per set_unless_older script call: Redis runs nothing else during a script, so serving reads wait
+at most a few milliseconds behind a large ingest batch."""
+
+_UNLESS_OLDER_LUA = r"""
+-- KEYS: the keys; ARGV[1]: TTL in ms, '' for none; ARGV[2i], ARGV[2i+1]: KEYS[i]'s version and value.
+-- Every GET comes first, so a key holding a hash (WRONGTYPE) stops the call before anything is written.
+local versions = {}
+for _, key in ipairs(KEYS) do
+  if versions[key] == nil then
+    local current = redis.call('GET', key)
+    local t = current and string.match(current, '^{"t":(%-?%d+)[,}]')
+    versions[key] = t and tonumber(t) or false
+  end
+end
+local ttl, written = ARGV[1], 0
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i])
+  local stored = versions[key]
+  if not stored or stored <= version then
+    if ttl == '' then
+      redis.call('SET', key, ARGV[2 * i + 1])
+    else
+      redis.call('SET', key, ARGV[2 * i + 1], 'PX', ttl)
+    end
+    versions[key] = version
+    written = written + 1
+  end
+end
+return written
+"""
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -55,7 +88,9 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 class RedisHotStore:
     """A HotStore on one Redis server (or proxy); safe to share between the tasks of one event loop."""
 
-    def __init__(self, url: str, *, password: str | None = None) -> None:
+    def __init__(self, url: str, *, password: str | None = None, username: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
+        """password and username (an ACL user) win over the URL's; tls: the CA and client files of rediss://."""
         self._url = redact_url(url)
         url_password = urlsplit(url).password
         self._secrets = {s for s in (password, unquote(url_password or "")) if s}
@@ -67,13 +102,24 @@ class RedisHotStore:
             # the asyncio Retry: redis.retry.Retry would be called without being awaited and never retry
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=RETRIES),
         }
-        if password:
-            # redis-py lets the URL's password win over keyword arguments; ours must win instead
-            url = _without_password(url)
-            options["password"] = password
+        parts = urlsplit(url)
+        user = username or unquote(parts.username or "")
+        self._as_user = f" as {user!r}" if user else ""
+        if password or username:
+            # redis-py lets the URL's user and password win over keyword arguments; ours must win instead
+            options["username"] = username or unquote(parts.username or "") or None
+            options["password"] = password or unquote(parts.password or "") or None
+            url = _without_userinfo(url)
+        if tls is not None:
+            if urlsplit(url).scheme != "rediss":
+                raise ConfigError(f"hot_store.url = {self._url!r}: TLS settings need a rediss:// URL")
+            options |= {"ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
         self._client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        # EVALSHA, loading the script (SCRIPT LOAD) when the server answers NOSCRIPT, e.g. after a restart
+        self._unless_older = self._client.register_script(_UNLESS_OLDER_LUA)
         self._closed = False
         self._failing_fast: tuple[float, str] | None = None  # (until, why) after an unreachable server
+        self._refused = False  # the last failure was the server saying no (password, TLS), not an outage
 
     @property
     def url(self) -> str:
@@ -92,10 +138,13 @@ class RedisHotStore:
             async with asyncio.timeout(timeout_s):  # cancelling a read makes redis-py drop that connection
                 result = await command()
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:  # OSError covers asyncio's timeout
+            self._refused = False
             if type(e) is TimeoutError:
                 reason = f"no answer within {timeout_s:g}s"
             elif isinstance(e, AuthenticationError):  # up but saying no: fix the password, not the network
-                reason = f"authentication failed: {self._reason(e)}"
+                reason, self._refused = f"authentication failed{self._as_user}: {self._reason(e)}", True
+            elif (tls_error := _tls_error(e)) is not None:  # up, but TLS failed: fix the settings, not the network
+                reason, self._refused = f"TLS handshake failed: {self._reason(e)}{_tls_hint(tls_error)}", True
             else:
                 reason = self._reason(e)
             why = f"hot store {self._url} unreachable: {reason}"
@@ -124,7 +173,14 @@ class RedisHotStore:
         return text
 
     async def connect(self) -> None:
-        await self.ping()
+        """A server that refuses the password or the TLS settings is a BackendError (start-up stops at once);
+        one that does not answer is BackendUnavailable (start-up waits for it)."""
+        try:
+            await self.ping()
+        except BackendUnavailable as e:
+            if self._refused:
+                raise BackendError(str(e).replace(" unreachable: ", ": ", 1)) from None
+            raise
 
     async def ping(self) -> None:
         await self._call(self._client.ping, probe=True)
@@ -140,6 +196,22 @@ class RedisHotStore:
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else _set_ms(ttl_s)
         await self._call(functools.partial(self._client.set, key, value, px=px))
+
+    async def set_unless_older(
+        self, items: Sequence[tuple[str, int, bytes]], *, ttl_s: float | None = None
+    ) -> int:
+        px = "" if ttl_s is None else str(_set_ms(ttl_s))
+        for key, version, _ in items:
+            check_version(key, version)
+        written = 0
+        for start in range(0, len(items), SCRIPT_KEYS):
+            chunk = items[start:start + SCRIPT_KEYS]
+            args: list[EncodableT] = [px]
+            for _, version, value in chunk:
+                args += (version, bytes(value))
+            call = functools.partial(self._unless_older, keys=[key for key, _, _ in chunk], args=args)
+            written += int(await self._call(call))
+        return written
 
     async def delete(self, *keys: str) -> int:
         if not keys:
@@ -349,10 +421,24 @@ def _expire_ms(ttl_s: float) -> int:
     return math.ceil(check_expire_ttl(ttl_s) * 1000)
 
 
-def _without_password(url: str) -> str:
+def _tls_error(error: BaseException) -> ssl.SSLError | None:
+    """redis-py reports a failed TLS handshake as a ConnectionError caused by the ssl module's error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_hint(error: ssl.SSLError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return " (check hot_store.tls_ca_file)"
+    if "CERTIFICATE_REQUIRED" in (error.reason or ""):
+        return " (the server wants a client certificate: set hot_store.tls_cert_file and tls_key_file)"
+    return ""
+
+
+def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@{hostport}" if user else hostport))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
