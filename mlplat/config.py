@@ -109,6 +109,9 @@ class BusSettings(_Section):
     consumer_stall_s: float = Field(30.0, gt=0, description="a Kafka consumer stuck this long (out of its group, "
                                     "no coordinator, or short of its partitions) while the broker answers is "
                                     "closed and created again")
+    session_timeout_ms: int = Field(10_000, ge=1_000, description="a Kafka consumer silent this long (killed, "
+                                    "hung) leaves its group, whose partitions go to the others; the broker "
+                                    "bounds it (Kafka's default: 6000 to 1800000)")
 
     @field_validator("url")
     @classmethod
@@ -119,6 +122,13 @@ class BusSettings(_Section):
     @classmethod
     def _mechanism(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _stall_above_session(self) -> BusSettings:
+        if self.consumer_stall_s * 1000 <= self.session_timeout_ms:
+            raise ValueError("consumer_stall_s must be longer than session_timeout_ms: a healthy rebalance keeps a "
+                             "member out of its group for up to a session")
+        return self
 
     def security(self) -> tuple[TlsFiles | None, SaslLogin | None]:
         """TLS files (read now) and the SASL login for the Kafka clients; settings that cannot work together

@@ -17,22 +17,8 @@ from mlplat.api.features import FeatureServicer
 from mlplat.api.ingest import IngestServicer
 from mlplat.api.models import ModelServicer, PredictionServicer
 from mlplat.api.monitoring import MonitoringServicer
-from mlplat.api.server import ApiServer
+from mlplat.api.server import ApiServer, Servicers
 from mlplat.api.training import TrainingServicer
-from mlplat.api.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    features_pb2,
-    features_pb2_grpc,
-    ingest_pb2,
-    ingest_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    monitoring_pb2,
-    monitoring_pb2_grpc,
-    training_pb2,
-    training_pb2_grpc,
-)
 from mlplat.automation.service import Automation
 from mlplat.automation.specs import ModelSpec, load_specs
 from mlplat.backends.artifacts import ArtifactStore, open_artifact_store
@@ -48,6 +34,7 @@ from mlplat.errors import BackendUnavailable
 from mlplat.features.definitions import load_catalog
 from mlplat.features.registry import FeatureRegistry, FeatureRegistryService
 from mlplat.ingest.batch import BatchIngest
+from mlplat.ingest.sink import IngestSink
 from mlplat.ingest.stream import StreamIngest
 from mlplat.monitoring.drift import DriftMonitor
 from mlplat.observability.health import Readiness
@@ -61,8 +48,8 @@ from mlplat.streaming.actions import ActionExecutor
 from mlplat.streaming.definitions import StreamingConfig, load_streaming_config
 from mlplat.streaming.inference import StreamInference
 from mlplat.supervisor import Supervisor
-from mlplat.warehouse import Warehouse
 from mlplat.warehouse.cache import QueryCache
+from mlplat.warehouse.store import Warehouse
 
 log = get_logger("daemon")
 
@@ -90,7 +77,8 @@ class Daemon:
         self.hot_store: HotStore = open_hot_store(settings.hot_store.url, password=password, username=username,
                                                   tls=settings.hot_store.tls())
         self.bus: EventBus = open_bus(settings.bus.url, tls=bus_tls, sasl=sasl,
-                                      consumer_stall_s=settings.bus.consumer_stall_s, metrics=self.metrics)
+                                      consumer_stall_s=settings.bus.consumer_stall_s,
+                                      session_timeout_ms=settings.bus.session_timeout_ms, metrics=self.metrics)
         self.artifacts: ArtifactStore = open_artifact_store(
             settings.artifacts.url, connection_string=connection_string
         )
@@ -109,12 +97,15 @@ class Daemon:
         features_file = settings.ingest.features_file or (DEMO_FEATURES if settings.demo.enabled else None)
         catalog = load_catalog(features_file) if features_file else None
         self.features = FeatureRegistry(self.warehouse, self.hot_store)
+        models_file = settings.streaming.models_file or (demo_models_file(settings.demo.fast)
+                                                         if settings.demo.enabled else None)
+        streaming = load_streaming_config(models_file) if models_file else StreamingConfig()
         self.ingest = StreamIngest(settings.ingest, self.bus, self.hot_store, self.warehouse, self.features,
-                                   self.balancer, self.metrics)
+                                   self.balancer, self.metrics, streamed={s.feature_set for s in streaming.streams})
         admin = AdminServicer(self.warehouse, self.readiness, self.metrics, self.backends,
                               max_message_bytes=settings.api.max_message_mb << 20)
         self.batch = BatchIngest(
-            self.warehouse, self.hot_store, self.features, self.balancer, self.metrics,
+            IngestSink(self.warehouse, self.hot_store, self.metrics), self.features, self.balancer,
             partition_bytes=settings.ingest.partition_bytes, parallel=settings.ingest.upload_parallel,
         )
         ingest = IngestServicer(self.batch, self.bus, self.features, self.metrics,
@@ -128,16 +119,13 @@ class Daemon:
             settings.serving, self.hot_store, self.artifacts, self.balancer, self.metrics, warehouse=self.warehouse,
             features=self.features, registry=self.registry, prediction_log=self.prediction_log,
         )
-        models_file = settings.streaming.models_file or (demo_models_file(settings.demo.fast)
-                                                         if settings.demo.enabled else None)
-        streaming = load_streaming_config(models_file) if models_file else StreamingConfig()
         specs: dict[str, ModelSpec] = load_specs(models_file) if models_file else {}
         self.streaming = StreamInference(settings.streaming, streaming, self.bus, self.hot_store, self.warehouse,
-                                         self.features, self.serving, self.balancer, self.prediction_log, self.metrics)
+                                         self.features, self.serving, self.metrics)
         self.actions = ActionExecutor(settings.actions, settings.streaming, streaming, self.bus, self.warehouse,
                                       self.metrics)
-        self.monitoring = DriftMonitor(settings.monitoring, self.warehouse, self.hot_store, self.registry,
-                                       self.serving, self.features, self.balancer, self.metrics)
+        self.monitoring = DriftMonitor(settings.monitoring, self.warehouse, self.hot_store, self.serving,
+                                       self.features, self.balancer, self.metrics)
         monitoring = MonitoringServicer(self.monitoring, self.metrics)
         self.automation = Automation(settings.automation, settings.monitoring, specs, str(models_file), self.warehouse,
                                      self.features, self.registry, self.serving, self.monitoring, self.balancer,
@@ -148,23 +136,11 @@ class Daemon:
         self.api = ApiServer(
             settings.api,
             self.readiness,
-            [(admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-              lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)),
-             (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
-              lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)),
-             (features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
-              lambda server: features_pb2_grpc.add_FeatureServiceServicer_to_server(features, server)),
-             (models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-              lambda server: models_pb2_grpc.add_ModelServiceServicer_to_server(models, server)),
-             (models_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-              lambda server: models_pb2_grpc.add_PredictionServiceServicer_to_server(predictions, server)),
-             (monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
-              lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(monitoring, server)),
-             (training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
-              lambda server: training_pb2_grpc.add_TrainingServiceServicer_to_server(training, server))],
+            Servicers(admin=admin, ingest=ingest, features=features, models=models, predictions=predictions,
+                      monitoring=monitoring, training=training),
             interceptors=[TokenAuth(read_token, admin_token, self.metrics)] if admin_token else [],
         )
-        self.http = HttpServer(settings.api, self.metrics, self.readiness)
+        self.http = HttpServer(settings.api.http_host, settings.api.http_port, self.metrics, self.readiness)
         self.monitor = BackendMonitor(
             {"hot_store": self.hot_store.ping, "bus": self.bus.ping, "artifacts": self.artifacts.ping},
             self.readiness, self.metrics, interval_s=settings.supervisor.health_interval_s,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian machine, then lint, type-check and run it.
 #   Debian: redis-server, prometheus          npm: azurite (into ./.tools)          PyPI: mlplat[test] (into ./.venv)
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`. The tests run in TEST_WORKERS (4)
+# processes (pytest-xdist; `-n 0` after them runs in one); tests marked `serial` run alone (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,4 @@ step "ruff"
 step "mypy"
 .venv/bin/mypy mlplat tests scripts
 step "pytest"
-.venv/bin/pytest "$@"
+.venv/bin/pytest -n "${TEST_WORKERS:-4}" --dist worksteal "$@"

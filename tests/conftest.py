@@ -18,6 +18,7 @@ from tests.servers import (
     start_redis,
     start_tansu,
 )
+from tests.waiting import run_lock
 
 
 @pytest.fixture(scope="session")
@@ -88,9 +89,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Every log file the tests left behind (daemons run as subprocesses log to files) is secret-free."""
+    """Every log file the tests left behind (daemons run as subprocesses log to files) is secret-free.
+
+    Under pytest-xdist the controller checks, once every worker is done: the workers' temporary directories
+    are inside its own, and only its exit status counts."""
     factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None:
+    if factory is None or hasattr(session.config, "workerinput"):
         return
     try:
         base = factory.getbasetemp()
@@ -105,3 +109,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if found:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print("\nsecrets reached log files:\n  " + "\n  ".join(found), file=sys.stderr)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist a test marked `serial` (it asserts its own timing, or its load would slow the others
+    past theirs) runs alone: it waits until the tests running on other workers end, and they wait for it.
+
+    Outermost wrapper, so that waiting here is not counted in the test's own timeout."""
+    factory = getattr(item.config, "_tmp_path_factory", None)
+    if not hasattr(item.config, "workerinput") or factory is None:
+        yield
+        return
+    with run_lock(factory.getbasetemp().parent, alone=item.get_closest_marker("serial") is not None):
+        yield

@@ -14,7 +14,7 @@ from mlplat.api.v1 import admin_pb2, admin_pb2_grpc
 from mlplat.errors import Overloaded
 from mlplat.observability.health import Readiness
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

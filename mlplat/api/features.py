@@ -20,7 +20,7 @@ from mlplat.features.offline import training_set
 from mlplat.features.online import read_online
 from mlplat.features.registry import FeatureRegistry
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 MAX_ENTITIES = 10_000
 MAX_SPINE = 1_000_000

@@ -4,18 +4,74 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mlplat.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    features_pb2,
+    features_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    monitoring_pb2,
+    monitoring_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from mlplat.config import ApiSettings
 from mlplat.observability.health import Readiness
 from mlplat.observability.logging import get_logger
 
+if TYPE_CHECKING:
+    from mlplat.api.admin import AdminServicer
+    from mlplat.api.features import FeatureServicer
+    from mlplat.api.ingest import IngestServicer
+    from mlplat.api.models import ModelServicer, PredictionServicer
+    from mlplat.api.monitoring import MonitoringServicer
+    from mlplat.api.training import TrainingServicer
+
 log = get_logger("api")
 
 Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass(frozen=True)
+class Servicers:
+    """The daemon's gRPC services, one servicer each; the composition root builds them, the server adds them."""
+
+    admin: AdminServicer
+    ingest: IngestServicer
+    features: FeatureServicer
+    models: ModelServicer
+    predictions: PredictionServicer
+    monitoring: MonitoringServicer
+    training: TrainingServicer
+
+    def registrars(self) -> list[tuple[str, Registrar]]:
+        """(full service name, add to a server) per service: the names go to health and reflection."""
+        return [
+            (admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+             lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)),
+            (ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+             lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.ingest, server)),
+            (features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
+             lambda server: features_pb2_grpc.add_FeatureServiceServicer_to_server(self.features, server)),
+            (models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+             lambda server: models_pb2_grpc.add_ModelServiceServicer_to_server(self.models, server)),
+            (models_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+             lambda server: models_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, server)),
+            (monitoring_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name,
+             lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(self.monitoring, server)),
+            (training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+             lambda server: training_pb2_grpc.add_TrainingServiceServicer_to_server(self.training, server)),
+        ]
 
 
 class ApiServer:
@@ -24,13 +80,13 @@ class ApiServer:
     name = "api"
 
     def __init__(
-        self, settings: ApiSettings, readiness: Readiness, registrars: Sequence[tuple[str, Registrar]],
+        self, settings: ApiSettings, readiness: Readiness, servicers: Servicers,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self._settings = settings
         self._interceptors = list(interceptors)
         self._readiness = readiness
-        self._registrars = list(registrars)
+        self._registrars = servicers.registrars()
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port = settings.grpc_port

@@ -20,7 +20,7 @@ from mlplat.errors import ConfigError, NotFound
 from mlplat.features.offline import training_set
 from mlplat.features.registry import FeatureRegistry
 from mlplat.serving.registry import InputFeature
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 NUMERIC = {"int": "int", "float": "float", "bool": "bool"}
 

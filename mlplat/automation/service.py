@@ -3,9 +3,9 @@
 Per declared model (models file `[models.<name>]`, or DeclareModel over gRPC), every tick:
 - bootstrap: no version yet and min_rows labelled rows -> train one, once;
 - schedule: the cron schedule fired -> retrain;
-- drift: every drift_check_s, trigger a drift run (Service C), read the result back from the hot store
-  and apply the model's policy (statistics, thresholds, minimum samples); crossed -> retrain on data that
-  arrives after the detection. A cool-down makes one drift episode one retraining, not a storm.
+- drift: every drift_check_s, trigger a drift run (Service C) and apply the model's policy (monitoring/policy.py:
+  statistics, thresholds, minimum samples) to what the run returned; drift -> retrain on data that arrives
+  after the detection. A cool-down makes one drift episode one retraining, not a storm.
 Training jobs (trainer.py) decide promotion; lifecycle rules run after each. Every decision is in the
 audit table with its reason, in the log, and counted in mlplat_automation_decisions_total.
 """
@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlplat.automation.dataset import count_labels, model_inputs
@@ -28,12 +29,14 @@ from mlplat.compute.balancer import Balancer
 from mlplat.config import AutomationSettings, MonitoringSettings
 from mlplat.errors import ConfigError, MlplatError, NotFound
 from mlplat.features.registry import FeatureRegistry
-from mlplat.monitoring.drift import PERFORMANCE, PREDICTION, DriftMonitor, ModelDrift
+from mlplat.monitoring.drift import DriftMonitor
+from mlplat.monitoring.policy import DriftPolicy
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
 from mlplat.serving.registry import ModelRegistry
 from mlplat.serving.service import ModelServing
-from mlplat.warehouse import SqlWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import SqlWrite
 
 log = get_logger("automation")
 BOOTSTRAP_POLL_S = 2.0
@@ -51,20 +54,8 @@ class _Schedule:
     ignoring_episode: bool = False  # the cool-down skip of this drift episode is recorded already
 
 
-def crossings(spec: ModelSpec, drift: ModelDrift, thresholds: dict[str, float]) -> list[str]:
-    """The statistics over the policy's thresholds, as `feature statistic value >= threshold`."""
-    out = []
-    for v in drift.values:
-        if v.feature == PERFORMANCE:
-            if "performance" in spec.drift_statistics and v.crossed and v.current_n >= spec.drift_min_samples:
-                out.append(f"{v.statistic} {v.value:.4f} worse than its bound {v.threshold:.4f}")
-            continue
-        if v.source != "predictions" or v.feature == PREDICTION or v.statistic not in spec.drift_statistics:
-            continue
-        threshold = spec.drift_thresholds.get(v.statistic, thresholds.get(v.statistic))
-        if threshold is not None and v.value >= threshold and v.current_n >= spec.drift_min_samples:
-            out.append(f"{v.statistic} of {v.feature} {v.value:.3f} >= {threshold:g}")
-    return out
+def model_policy(monitoring: DriftPolicy, spec: ModelSpec) -> DriftPolicy:
+    return monitoring.narrowed(spec.drift_statistics, spec.drift_thresholds, spec.drift_min_samples)
 
 
 class Automation:
@@ -73,9 +64,10 @@ class Automation:
     def __init__(self, settings: AutomationSettings, monitoring_settings: MonitoringSettings,
                  file_specs: dict[str, ModelSpec], specs_origin: str, warehouse: Warehouse,
                  features: FeatureRegistry, registry: ModelRegistry, serving: ModelServing, monitoring: DriftMonitor,
-                 balancer: Balancer, metrics: Metrics) -> None:
+                 balancer: Balancer, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
-        self._thresholds = monitoring_settings.thresholds
+        self._policy = DriftPolicy.of(monitoring_settings)
+        self.clock = clock  # monotonic seconds: when checks are due and cool-downs end (tests drive it)
         self._file_specs = file_specs
         self._origin = specs_origin
         self._warehouse = warehouse
@@ -181,7 +173,7 @@ class Automation:
                 log.warning("automation_tick_failed", model=name, error=str(e))
 
     async def _tick_model(self, spec: ModelSpec, schedule: _Schedule, now: dt.datetime) -> None:
-        clock = time.monotonic()
+        clock = self.clock()
         if spec.bootstrap and not schedule.bootstrapped and clock >= schedule.next_bootstrap_check:
             schedule.next_bootstrap_check = clock + max(self._settings.tick_s, BOOTSTRAP_POLL_S)
             await self._bootstrap(spec, schedule)
@@ -213,11 +205,11 @@ class Automation:
         await self.train(spec.name, trigger="bootstrap", reason=reason)
 
     async def _check_drift(self, spec: ModelSpec, schedule: _Schedule, now: dt.datetime) -> None:
-        await self._monitoring.run_drift([spec.name], at=now)
-        [drift] = await self._monitoring.latest(spec.name)  # what Service C left in the hot store
+        [drift] = await self._monitoring.run_drift([spec.name], at=now)
         if drift.reason:  # no verdict (not enough data ...): nothing to act on
             return
-        crossed = crossings(spec, drift, self._thresholds)
+        policy = model_policy(self._policy, spec)
+        crossed = [policy.reason(v) for v in policy.drift(drift.values)]
         if not crossed:
             schedule.ignoring_episode = False
             return
@@ -226,14 +218,14 @@ class Automation:
         log.info("drift_detected", model=spec.name, version=drift.version, crossed=crossed[:5])
         if self._jobs.running(spec.name) is not None:
             return  # the running job is the reaction
-        if time.monotonic() < schedule.cooldown_until:
+        if self.clock() < schedule.cooldown_until:
             if not schedule.ignoring_episode:
                 schedule.ignoring_episode = True
-                left = schedule.cooldown_until - time.monotonic()
+                left = schedule.cooldown_until - self.clock()
                 await self._decide(spec, "drift_ignored", f"{why}; cooling down for {left:.0f} s more after the "
                                                           "last drift-triggered retraining")
             return
-        schedule.cooldown_until = time.monotonic() + spec.cooldown_s
+        schedule.cooldown_until = self.clock() + spec.cooldown_s
         schedule.ignoring_episode = False
         await self._decide(spec, "retrain", why)
         await self.train(spec.name, trigger="drift", reason=detail, since=now)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mlplat.automation.training import ESTIMATORS
+from mlplat.automation.fitting import ESTIMATORS
 from mlplat.errors import ConfigError, describe_invalid
 
 

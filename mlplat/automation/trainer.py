@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 
 from mlplat.automation.dataset import TrainingData, count_labels, load_training_data
+from mlplat.automation.fitting import FitResult, Incumbent, TrainingError, fit_and_evaluate
 from mlplat.automation.jobs import TrainingJob
 from mlplat.automation.specs import ModelSpec
-from mlplat.automation.training import FitResult, Incumbent, TrainingError, fit_and_evaluate
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import JobFailed, Lane, Priority
+from mlplat.compute.job_types import JobFailed, Lane, Priority
 from mlplat.config import AutomationSettings
 from mlplat.errors import MlplatError, NotFound
 from mlplat.features.registry import FeatureRegistry
@@ -25,7 +25,7 @@ from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
 from mlplat.serving.registry import ModelRegistry, ModelVersion, fetch_verified
 from mlplat.serving.service import ModelServing
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 log = get_logger("automation")
 LOWER_IS_BETTER = ("mae", "rmse")

@@ -12,7 +12,7 @@ import numpy as np
 
 from mlplat.bench import BenchResult
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Lane, Priority
+from mlplat.compute.job_types import Lane, Priority
 from mlplat.compute.tasks import burn_cpu, noop, started_at
 from mlplat.config import BalancerSettings
 from mlplat.observability.metrics import Metrics

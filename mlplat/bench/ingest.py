@@ -34,9 +34,10 @@ from mlplat.features.definitions import FeatureCatalog, FeatureSet, catalog_from
 from mlplat.features.registry import SQL_TYPES, FeatureRegistry, create_table_sql
 from mlplat.ingest.batch import BatchIngest
 from mlplat.ingest.generator import GeneratorSpec, generate_payloads, write_file
+from mlplat.ingest.sink import IngestSink
 from mlplat.ingest.stream import StreamIngest
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 CATALOG: dict[str, Any] = {
     "entities": {"user": {"key": "user_id"}},
@@ -173,7 +174,7 @@ async def _files(rows: int, workdir: Path, workers: int, progress: Callable[[str
         try:
             registry = FeatureRegistry(warehouse, hot)
             await registry.load(catalog)
-            batch = BatchIngest(warehouse, hot, registry, balancer, metrics,
+            batch = BatchIngest(IngestSink(warehouse, hot, metrics), registry, balancer,
                                 partition_bytes=IngestSettings().partition_bytes, parallel=workers)
             await _warm_up(batch, fs, fmt, workdir, workers)
             gc.freeze()

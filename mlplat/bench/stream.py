@@ -1,7 +1,8 @@
 """`mlplat bench stream`: streaming inference in a whole daemon (ingest consuming the same events beside it).
 
 - `events_per_s`: a backlog of events is waiting when the model is promoted; the time until every one has
-  its prediction published. Next to it, in the same run, `floor_events_per_s`: the same events validated
+  its prediction published (with `--models N`, N models on the one feature set: until each has predicted
+  every event). Next to it, in the same run, `floor_events_per_s`: the same events validated
   and scored by the same model in batches in-process (no bus, no publishing, no ingest beside it), and
   `raw_consume_events_per_s`: the events read from the bus and nothing else.
 - `lag_p50_ms`, `lag_p99_ms`: events published at a steady `rate` (event time = publish time) for a few
@@ -89,10 +90,11 @@ async def _wait_for(count: Callable[[], float], target: float, timeout_s: float,
 
 
 async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: Path,
-               progress: Callable[[str], None]) -> dict[str, float]:
+               progress: Callable[[str], None], n_models: int = 1) -> dict[str, float]:
     name = f"bench_{uuid.uuid4().hex[:8]}"
+    models = ["tree", *(f"tree{i}" for i in range(2, n_models + 1))]
     (workdir / "features.toml").write_text(_features_toml(name))
-    (workdir / "models.toml").write_text(f'[streams.tree]\nfeature_set = "{name}"\n')
+    (workdir / "models.toml").write_text("".join(f'[streams.{m}]\nfeature_set = "{name}"\n\n' for m in models))
     settings = load_settings(
         warehouse={"url": f"duckdb://{workdir / 'w.duckdb'}"}, artifacts={"url": f"file://{workdir / 'a'}"},
         bus={"url": bus_url}, api={"grpc_port": 0, "http_port": 0},
@@ -112,13 +114,18 @@ async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: 
         progress("floors: a raw consume of the same events; their validation and the model call in-process")
         raw = await raw_consume_rate(daemon.bus, topic, events)
         floor = await asyncio.to_thread(_in_process_rate, daemon, name, events)
-        published = daemon.metrics.stream_predictions.labels("tree")
-        progress("ours: promote a decision tree; every event predicted and published")
-        mv = await daemon.registry.register("tree", _tree(), "sklearn", [InputFeature(f) for f in FEATURES],
-                                            feature_set=name)
+        counters = [daemon.metrics.stream_predictions.labels(m) for m in models]
+
+        def published() -> float:
+            return float(min(c._value.get() for c in counters))  # every model has predicted this many
+
+        progress(f"ours: promote {len(models)} decision tree(s); every event predicted and published by each")
+        versions = [await daemon.registry.register(m, _tree(), "sklearn", [InputFeature(f) for f in FEATURES],
+                                                   feature_set=name) for m in models]
         started = time.perf_counter()
-        await daemon.registry.promote("tree", mv.version)
-        await _wait_for(published._value.get, events, 600, "the stream did not predict every event")
+        for m, mv in zip(models, versions, strict=True):
+            await daemon.registry.promote(m, mv.version)
+        await _wait_for(published, events, 600, "the stream did not predict every event")
         ours = events / (time.perf_counter() - started)
 
         progress("waiting for ingest to finish the backlog too (it shares the machine)")
@@ -142,7 +149,7 @@ async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: 
                             lags.append((r.published_at_us - r.event_time_us) / 1000)
 
         reader = asyncio.create_task(read())
-        await _wait_for(lambda: read_count, events, 300, "the lag reader did not catch up")
+        await _wait_for(lambda: read_count, events * len(models), 300, "the lag reader did not catch up")
         progress(f"lag: {rate:,.0f} events/s for {seconds:g} s after one unmeasured second")
         sent, tick, offset = 0, 0.01, events
         begin = time.perf_counter()
@@ -152,14 +159,14 @@ async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: 
                 await daemon.bus.publish_many(topic, _events(due, offset, int(time.time() * 1000)))
                 sent, offset = sent + due, offset + due
             await asyncio.sleep(tick)
-        await _wait_for(published._value.get, events + sent, 60, "lag phase: predictions missing")
+        await _wait_for(published, events + sent, 60, "lag phase: predictions missing")
         await asyncio.sleep(0.5)
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         await consumer.stop()
-        if len(lags) < sent - int(rate):
-            raise RuntimeError(f"lag phase: read {len(lags)} predictions of {sent - int(rate)}")
-        return {"events_per_s": round(ours, 1), "floor_events_per_s": round(floor, 1),
+        if len(lags) < (sent - int(rate)) * len(models):
+            raise RuntimeError(f"lag phase: read {len(lags)} predictions of {(sent - int(rate)) * len(models)}")
+        return {"models": float(len(models)), "events_per_s": round(ours, 1), "floor_events_per_s": round(floor, 1),
                 "ratio": round(ours / floor, 4), "raw_consume_events_per_s": round(raw, 1),
                 "lag_p50_ms": round(float(np.percentile(lags, 50)), 1),
                 "lag_p99_ms": round(float(np.percentile(lags, 99)), 1), "lag_events": float(len(lags))}
@@ -168,9 +175,9 @@ async def _run(events: int, rate: float, seconds: float, bus_url: str, workdir: 
 
 
 def run(events: int, rate: float, seconds: float, bus_url: str,
-        progress: Callable[[str], None] = lambda _: None) -> BenchResult:
+        progress: Callable[[str], None] = lambda _: None, *, models: int = 1) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="mlplat-bench-stream-") as tmp:
-        metrics: dict[str, Any] = run_async(_run(events, rate, seconds, bus_url, Path(tmp), progress))
+        metrics: dict[str, Any] = run_async(_run(events, rate, seconds, bus_url, Path(tmp), progress, models))
     return BenchResult("stream", {"events": events, "rate": rate, "seconds": seconds, "bus": bus_url,
                                   "model": "decision tree, 4 features",
                                   "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, metrics)

@@ -20,8 +20,8 @@ import pyarrow as pa
 from mlplat.bench import BenchResult
 from mlplat.config import WarehouseSettings
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
 from mlplat.warehouse.schema import Migration
+from mlplat.warehouse.store import Warehouse
 
 TABLE_DDL = """
 CREATE TABLE bench_events (

@@ -131,12 +131,13 @@ def bench_stream(
     rate: Annotated[float, typer.Option(min=100, help="Events per second published in the lag phase.")] = 10_000,
     seconds: Annotated[float, typer.Option(min=1, help="How long the lag phase publishes.")] = 5.0,
     bus: Annotated[str, typer.Option(help="memory:// or kafka://host:port.")] = "memory://",
+    models: Annotated[int, typer.Option(min=1, max=16, help="Streaming models on the one feature set.")] = 1,
     json_out: JsonOption = False,
 ) -> None:
     """Streaming inference: events/s through a decision tree vs a raw consume, and event-to-prediction lag."""
     from mlplat.bench import stream
 
-    _report(stream.run(events, rate, seconds, bus, _progress(json_out)), json_out)
+    _report(stream.run(events, rate, seconds, bus, _progress(json_out), models=models), json_out)
 
 
 @bench_app.command("drift")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from mlplat.compute.jobs import Cost, Lane, Priority
+from mlplat.compute.job_types import Cost, Lane, Priority
 from mlplat.compute.lanes import ProcessLane, ThreadLane, current_job
 from mlplat.compute.scheduler import Job, WeightedQueue
 from mlplat.config import BalancerSettings

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mlplat.compute.jobs import BalancerStopped, DeadlineExceeded, Lane, Priority, WorkerDied
+from mlplat.compute.job_types import BalancerStopped, DeadlineExceeded, Lane, Priority, WorkerDied
 from mlplat.compute.scheduler import Job, WeightedQueue
 from mlplat.compute.worker import WorkerSlot
 from mlplat.observability.logging import get_logger

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlplat.compute.jobs import Lane, Priority
+from mlplat.compute.job_types import Lane, Priority
 
 
 @dataclass(eq=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from mlplat.compute.jobs import WorkerDied
+from mlplat.compute.job_types import WorkerDied
 
 # Imported once by the fork server, so every worker starts with them loaded and the first real job
 # (a file partition, a statistic) does not pay seconds of numpy/pyarrow import. Missing ones are ignored.

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlplat.features.registry import FeatureRegistry
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 SPINE = "__mlplat_spine"
 

@@ -21,7 +21,7 @@ from mlplat.backends.hotstore import HotStore
 from mlplat.errors import BackendError
 from mlplat.features.definitions import FeatureSet
 from mlplat.observability.logging import get_logger
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 log = get_logger("features")
 PREFIX = "mlplat:online:"

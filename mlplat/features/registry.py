@@ -15,7 +15,8 @@ from mlplat.backends.hotstore import HotStore
 from mlplat.errors import BackendError, NotFound
 from mlplat.features.definitions import Entity, FeatureCatalog, FeatureSet
 from mlplat.observability.logging import get_logger
-from mlplat.warehouse import SqlWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import SqlWrite
 
 log = get_logger("features")
 CACHE_PREFIX = "mlplat:featureset:"

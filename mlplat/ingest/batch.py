@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Lane, Priority
+from mlplat.compute.job_types import Lane, Priority
 from mlplat.errors import MlplatError
 from mlplat.features.definitions import FeatureSet
 from mlplat.features.online import latest_per_entity
@@ -32,8 +31,6 @@ from mlplat.ingest.files import FileFormatError, Partition, detect_format, inges
 from mlplat.ingest.sink import IngestSink, gather_all
 from mlplat.ingest.validation import DeadLetter, ValidatedBatch
 from mlplat.observability.logging import get_logger
-from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
 
 log = get_logger("ingest")
 FIRST_REASONS = 5
@@ -109,17 +106,14 @@ class NewestPerEntity:
 
 class BatchIngest:
     def __init__(
-        self, warehouse: Warehouse, hot_store: HotStore, registry: FeatureRegistry, balancer: Balancer,
-        metrics: Metrics, *, partition_bytes: int, parallel: int,
+        self, sink: IngestSink, registry: FeatureRegistry, balancer: Balancer, *, partition_bytes: int,
+        parallel: int,
     ) -> None:
-        self._warehouse = warehouse
-        self._hot_store = hot_store
+        self._sink = sink
         self._registry = registry
         self._balancer = balancer
-        self._metrics = metrics
         self._partition_bytes = partition_bytes
         self._parallel = parallel
-        self._sink = IngestSink(warehouse, hot_store, metrics)
 
     async def ingest_file(
         self, path: Path, feature_set: str, *, upload_id: str, fmt: str | None = None

@@ -21,7 +21,8 @@ from mlplat.features.online import write_latest
 from mlplat.ingest.validation import DeadLetter, ValidatedBatch
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 log = get_logger("ingest")
 

@@ -5,8 +5,11 @@ it holds `batch_size` events or `batch_wait_ms` passed; the next batch is read w
 written, and no further (back-pressure: a lagging warehouse stops consumption). Validation runs on a
 balancer thread (ingest class). Then warehouse (rows and dead letters, idempotent by event id / bus
 position) and hot store (latest value per entity, newer events only) at once, then the dead-letter
-topic, and only then the offset commit. A crash anywhere before the commit replays the batch, and the
-replay changes nothing: the effect is exactly-once. A failed warehouse write rewinds to the last commit
+topic, and only then the offset commit. Beside the stores, the accepted rows go to the validated topic of
+each feature set a streaming model reads (ingest/validated.py: the models take them there and parse
+nothing again). A crash anywhere before the commit replays the batch, and the replay changes nothing in
+the warehouse and hot store: the effect is exactly-once (the validated topic gets the rows again, and
+streaming predicts them again under the same ids). A failed warehouse write rewinds to the last commit
 and retries with backoff.
 """
 
@@ -17,24 +20,27 @@ import contextlib
 import datetime as dt
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Collection
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch, rewind
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Lane, Priority
+from mlplat.compute.job_types import Lane, Priority
 from mlplat.config import IngestSettings
 from mlplat.errors import MlplatError
 from mlplat.features.definitions import FeatureSet
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.sink import IngestSink, gather_all
-from mlplat.ingest.validation import DeadLetter, validate_events
+from mlplat.ingest.validated import OFFSET, chunks, key_for_partition, validated_topic
+from mlplat.ingest.validation import DeadLetter, ValidatedBatch, validate_events
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 log = get_logger("ingest")
 LAG_REPORT_S = 5.0
@@ -44,18 +50,19 @@ class StreamIngest:
 
     def __init__(
         self, settings: IngestSettings, bus: EventBus, hot_store: HotStore, warehouse: Warehouse,
-        registry: FeatureRegistry, balancer: Balancer, metrics: Metrics,
+        registry: FeatureRegistry, balancer: Balancer, metrics: Metrics, *, streamed: Collection[str] = (),
     ) -> None:
+        """streamed: the feature sets streaming models read; their accepted rows go to the validated topic."""
         self._settings = settings
         self._bus = bus
-        self._hot_store = hot_store
-        self._warehouse = warehouse
         self._registry = registry
+        self._streamed = frozenset(streamed)
         self._balancer = balancer
         self._metrics = metrics
         self._sink = IngestSink(warehouse, hot_store, metrics)
         self._consumer: BusConsumer | None = None
         self._topics: dict[str, FeatureSet] = {}
+        self._validated: dict[str, int] = {}  # events' topic -> partitions of its validated topic
 
     async def start(self) -> None:
         self._topics = {fs.topic: fs for fs in self._registry.feature_sets.values()}
@@ -64,6 +71,10 @@ class StreamIngest:
             return
         for topic in self._topics:
             await self._bus.create_topic(topic, partitions=self._settings.partitions)
+            if self._topics[topic].name in self._streamed:
+                partitions = await self._bus.partitions_for(topic)
+                await self._bus.create_topic(validated_topic(topic), partitions=partitions)
+                self._validated[topic] = await self._bus.partitions_for(validated_topic(topic))
         await self._bus.create_topic(self._settings.dead_letter_topic, partitions=1)
         self._consumer = self._bus.consumer(sorted(self._topics), group=self._settings.consumer_group)
         await self._consumer.start()
@@ -127,6 +138,9 @@ class StreamIngest:
             stores.append(self._sink.store(fs, validated, letters, source="stream", at=now))
             latest.append((fs, validated.rows))
             dead_out.extend(letters)
+            if topic in self._validated:  # beside the stores: streaming need not wait for the warehouse
+                stores.append(self._bus.publish_many(
+                    validated_topic(topic), _validated_items(messages, validated, self._validated[topic])))
         await gather_all(*stores)
         await self._publish_dead_letters(dead_out)
         assert self._consumer is not None
@@ -179,6 +193,24 @@ async def _cancel(task: asyncio.Task[object]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, MlplatError, OSError):
         await task
+
+
+def _validated_items(messages: list[Message], validated: ValidatedBatch, partitions: int
+                     ) -> list[tuple[bytes | None, bytes]]:
+    """The accepted rows by source partition, with their offsets there, as validated-topic messages keyed to
+    the partition of the same number."""
+    left_out = {d.index for d in validated.dead} | set(validated.redelivered)
+    kept = [i for i in range(len(messages)) if i not in left_out]
+    rows = validated.rows.append_column(OFFSET, pa.array([messages[i].offset for i in kept], pa.int64()))
+    row_partitions = np.array([messages[i].partition for i in kept], np.int64)
+    invalid = Counter(messages[d.index].tp for d in validated.dead)
+    redelivered = Counter(messages[i].tp for i in validated.redelivered)
+    items: list[tuple[bytes | None, bytes]] = []
+    for tp in dict.fromkeys(m.tp for m in messages):  # in the order read
+        mine = rows.take(np.flatnonzero(row_partitions == tp.partition))
+        items += [(key_for_partition(tp.partition, partitions), c.to_bytes())
+                  for c in chunks(tp, mine, invalid[tp], redelivered[tp])]
+    return items
 
 
 def _position(message: Message) -> str:

@@ -7,7 +7,8 @@ of the prediction log (`monitoring.bucket_s` wide) that holds the run's time: th
 received them and its scores; also the rows ingested in that bucket, and labels. Reads use reader
 cursors; the statistics run on the balancer in the monitor class, so a run never holds up ingest or
 serving. Results go to `drift_results` (history), the hot store (`mlplat:drift:<model>`, the latest run,
-which automation scans) and the `mlplat_*drift*` gauges.
+for GetDrift) and the `mlplat_*drift*` gauges; the run returns them too (automation acts on that). Which
+crossings are drift is policy.py's to say.
 
 Numeric inputs get the numeric statistics and `monitoring.thresholds`; the string and bool features of the
 model's feature set get the categorical ones and `monitoring.categorical_thresholds`. A bool input is
@@ -30,23 +31,24 @@ import pyarrow as pa
 
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Cost, Priority
+from mlplat.compute.job_types import Cost, Priority
 from mlplat.config import MonitoringSettings
 from mlplat.errors import MlplatError, NotFound
 from mlplat.features.registry import FeatureRegistry
 from mlplat.monitoring.performance import label_source, paired, performance
+from mlplat.monitoring.policy import PERFORMANCE as PERFORMANCE  # where results are read
+from mlplat.monitoring.policy import PREDICTION as PREDICTION
+from mlplat.monitoring.policy import DriftPolicy, performance_bound, worse
 from mlplat.monitoring.statistics import NotEnoughData, categorical_drift, numeric_drift
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.serving.flavours import Predictor
-from mlplat.serving.registry import ModelRegistry, ModelVersion
-from mlplat.serving.service import ModelServing
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.serving.inputs import table_matrix
+from mlplat.serving.registry import ModelVersion
+from mlplat.serving.scoring import Scorer
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 log = get_logger("monitoring")
-PREDICTION = "__prediction__"
-PERFORMANCE = "__performance__"
-HIGHER_IS_BETTER = ("accuracy", "f1", "auc")
 DRIFT_KEY = "mlplat:drift:{model}"
 CATEGORICAL_TYPES = ("string", "bool")
 Column: TypeAlias = np.ndarray | pa.ChunkedArray
@@ -70,6 +72,7 @@ class DriftValue:
     reference_n: int
     current_n: int
     source: str = "predictions"  # predictions (inputs as served), ingest (the bucket's feature rows), labels
+    categorical: bool = False  # a string or bool feature: the categorical statistics and thresholds
 
 
 @dataclass
@@ -124,10 +127,6 @@ def compare(columns: list[tuple[str, Column, Column]], categorical: Collection[s
     return out
 
 
-def _score(predictor: Predictor, matrix: np.ndarray) -> np.ndarray:
-    return predictor.predict(matrix)
-
-
 def _cost(rows: int, columns: int) -> Cost:
     """numpy sorts and merges, mostly without the GIL: a thread, never a copy of the samples to a process."""
     return Cost(expected_ms=max(1.0, rows * columns / 30_000), releases_gil=True)
@@ -139,12 +138,12 @@ class DriftMonitor:
     name = "monitoring"
 
     def __init__(self, settings: MonitoringSettings, warehouse: Warehouse, hot_store: HotStore,
-                 registry: ModelRegistry, serving: ModelServing, features: FeatureRegistry, balancer: Balancer,
+                 serving: Scorer, features: FeatureRegistry, balancer: Balancer,
                  metrics: Metrics) -> None:
         self._settings = settings
+        self._policy = DriftPolicy.of(settings)
         self._warehouse = warehouse
         self._hot_store = hot_store
-        self._registry = registry
         self._serving = serving
         self._features = features
         self._balancer = balancer
@@ -230,9 +229,8 @@ class DriftMonitor:
                                     "ORDER BY event_time DESC", [window["start"], window["end"]])
         if not len(rows):
             raise _NoVerdict(f"no rows of {fs.name!r} in the training window {window['start']} .. {window['end']}")
-        predictor = (await self._serving.version_for(mv.model, mv.version)).predictor
-        scores = await self._balancer.run(_score, predictor, rows.inputs, priority=Priority.MONITOR,
-                                          cost=_cost(len(rows), len(mv.features)))
+        # the platform's own scores: serving neither counts nor logs them, and runs them at monitor priority
+        scores = (await self._serving.score(mv.model, rows.inputs, version=mv.version)).scores
         self._references[key] = (rows, scores)
         return rows, scores
 
@@ -247,8 +245,7 @@ class DriftMonitor:
                                            [*params, self._settings.reference_max_rows])
         if not table.num_rows:
             return _Rows(np.empty((0, len(mv.features))))
-        return _Rows(np.column_stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64)
-                                      for n in mv.feature_names]), {n: table[n] for n in others})
+        return _Rows(table_matrix(table, mv.feature_names), {n: table[n] for n in others})
 
     async def _current(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> tuple[_Rows, np.ndarray]:
         table = await self._warehouse.read(
@@ -282,18 +279,15 @@ class DriftMonitor:
         await self._performance(drift, mv, start, judged_until)
 
     def _add(self, drift: ModelDrift, results: list[Compared], source: str, categorical: Collection[str]) -> None:
-        s = self._settings
         for feature, values, ref_n, cur_n in results:
             if isinstance(values, str):
                 continue
-            thresholds, detect_on = ((s.categorical_thresholds, s.categorical_detect_on) if feature in categorical
-                                     else (s.thresholds, s.detect_on))
             for statistic, value in values.items():
-                threshold = thresholds.get(statistic)
-                crossed = threshold is not None and value >= threshold
-                drift.values.append(DriftValue(feature, statistic, value, threshold, crossed, ref_n, cur_n, source))
-                if crossed and statistic in detect_on and feature != PREDICTION:
-                    drift.detected = True
+                threshold, crossed = self._policy.judge(statistic, value, feature in categorical)
+                v = DriftValue(feature, statistic, value, threshold, crossed, ref_n, cur_n, source,
+                               feature in categorical)
+                drift.values.append(v)
+                drift.detected = drift.detected or self._policy.is_drift(v)
 
     async def _ingested(self, mv: ModelVersion, start: dt.datetime, end: dt.datetime) -> _Rows | None:
         """The rows ingested in the bucket (by event time), when there are enough of them."""
@@ -314,13 +308,11 @@ class DriftMonitor:
         tolerance = self._settings.performance_tolerance
         for metric, value in results.items():
             registered = mv.metrics.get(metric)
-            bound: float | None = None
-            crossed = False
-            if registered is not None:
-                bound = registered - tolerance if metric in HIGHER_IS_BETTER else registered * (1 + tolerance)
-                crossed = value < bound if metric in HIGHER_IS_BETTER else value > bound
-            drift.values.append(DriftValue(PERFORMANCE, metric, value, bound, crossed, 0, len(scores), "labels"))
-            drift.detected = drift.detected or crossed
+            bound = None if registered is None else performance_bound(metric, registered, tolerance)
+            v = DriftValue(PERFORMANCE, metric, value, bound, bound is not None and worse(metric, value, bound), 0,
+                           len(scores), "labels")
+            drift.values.append(v)
+            drift.detected = drift.detected or self._policy.is_drift(v)
 
     async def _store(self, drift: ModelDrift, start: dt.datetime, end: dt.datetime, now: dt.datetime, *,
                      inputs: Collection[str]) -> None:

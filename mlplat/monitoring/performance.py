@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:  # training's worker processes import this module for performance() alone
     from mlplat.config import MonitoringSettings
     from mlplat.features.registry import FeatureRegistry
-    from mlplat.warehouse import Warehouse
+    from mlplat.warehouse.store import Warehouse
 
 Task = Literal["classification", "regression"]
 

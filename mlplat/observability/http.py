@@ -8,7 +8,6 @@ import json
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mlplat.config import ApiSettings
 from mlplat.observability.health import Readiness
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
@@ -21,12 +20,13 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, settings: ApiSettings, metrics: Metrics, readiness: Readiness) -> None:
-        self._settings = settings
+    def __init__(self, host: str, port: int, metrics: Metrics, readiness: Readiness) -> None:
+        self._host = host
+        self._port = port  # as asked: 0 picks a free port, read back into self.port
         self._metrics = metrics
         self._readiness = readiness
         self._runner: web.AppRunner | None = None
-        self.port: int = settings.http_port
+        self.port: int = port
 
     def _app(self) -> web.Application:
         app = web.Application()
@@ -52,19 +52,19 @@ class HttpServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
+        site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await site.start()
         except OSError as e:
             await self._runner.cleanup()
             raise OSError(
-                f"http: cannot listen on {self._settings.http_host}:{self._settings.http_port}: {e.strerror}"
+                f"http: cannot listen on {self._host}:{self._port}: {e.strerror}"
             ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
-        log.info("http_listening", address=f"{self._settings.http_host}:{self.port}")
+        log.info("http_listening", address=f"{self._host}:{self.port}")
 
     async def run(self) -> None:
         # aiohttp serves from its own tasks; this service has nothing else to do until stopped

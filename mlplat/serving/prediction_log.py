@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Lane, Priority
+from mlplat.compute.job_types import Lane, Priority
 from mlplat.errors import MlplatError
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 log = get_logger("serving")
 _TS = pa.timestamp("us", tz="UTC")
@@ -64,12 +65,6 @@ class PredictionLog:
         flat = self._singles["features"]
         flat.extend(features)  # floats are not containers: nothing more for the garbage collector to walk
         self._offsets.append(len(flat))
-
-    def add_batch(self, request_id: str, model: str, version: int, matrix: np.ndarray, scores: np.ndarray,
-                  latency_ms: float) -> None:
-        """A PredictBatch call: rows `<request_id>:<row>`, the matrix stored as it is (no per-row Python)."""
-        ids = pc.binary_join_element_wise(request_id + ":", pa.array(np.arange(len(matrix))).cast(pa.string()), "")
-        self.add_rows(ids, model, version, pa.nulls(len(matrix), pa.string()), matrix, scores, latency_ms)
 
     def add_rows(self, ids: pa.Array, model: str, version: int, entity_ids: pa.Array, matrix: np.ndarray,
                  scores: np.ndarray, latency_ms: float, event_ids: pa.Array | None = None) -> None:
@@ -118,3 +113,8 @@ def _table_of(singles: dict[str, list[Any]], offsets: list[int], tables: list[pa
     columns["features"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
                                                    pa.array(singles["features"], pa.float64()))
     return pa.concat_tables([*tables, pa.table(columns, schema=SCHEMA)])
+
+
+def batch_ids(request_id: str, rows: int) -> pa.Array:
+    """The logged ids of a PredictBatch call's rows: `<request_id>:<row>` (no per-row Python)."""
+    return pc.binary_join_element_wise(request_id + ":", pa.array(np.arange(rows)).cast(pa.string()), "")

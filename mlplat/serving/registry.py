@@ -20,11 +20,12 @@ from typing import Any, Literal
 from mlplat.backends.artifacts import ArtifactStore
 from mlplat.backends.hotstore import HotStore
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Lane, Priority
+from mlplat.compute.job_types import Lane, Priority
 from mlplat.errors import BackendError, MlplatError, NotFound
 from mlplat.observability.logging import get_logger
 from mlplat.serving.flavours import EXTENSIONS, FLAVOURS, ModelFormatError, load_model, sha256_of
-from mlplat.warehouse import SqlWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import SqlWrite
 
 log = get_logger("registry")
 PRODUCTION_KEY = "mlplat:models:production"

@@ -39,7 +39,8 @@ from mlplat.streaming.effects import (
     effect_for,
 )
 from mlplat.streaming.records import PredictionRecord
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 log = get_logger("actions")
 _TS = pa.timestamp("us", tz="UTC")

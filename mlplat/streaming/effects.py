@@ -17,7 +17,8 @@ from mlplat.backends.bus import EventBus
 from mlplat.errors import BackendError, MlplatError
 from mlplat.streaming.definitions import ActionRule
 from mlplat.streaming.records import PredictionRecord
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 SYSTEM_TABLES = frozenset({"audit_log", "model_specs", "feature_sets", "dead_letters", "model_versions",

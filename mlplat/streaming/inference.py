@@ -1,13 +1,15 @@
 """Streaming inference: the production version of each streaming model predicts on every arriving event (or
 closed window), and each prediction is published to the predictions topic (key = entity) and logged.
 
-Each model reads its feature set's topic in its own consumer group, independently of ingest. A batch is
-validated like ingest does (invalid events are ingest's dead letters; they are skipped here), the model's
-inputs come from the event or the window's aggregates, and whatever is missing from the entity's online
-features. The production version is looked up for every batch, so a promotion applies from the next batch
-on with nothing skipped. Offsets are committed after the predictions are acknowledged by the bus:
-at-least-once, and a replay publishes the same ids. Side effects are not run here (see actions.py): a slow
-action target cannot slow inference.
+Each model reads the validated topic of its feature set (ingest/validated.py: the rows ingest accepted,
+already typed) in its own consumer group, independently of ingest and of the other models: no event is
+parsed again here. The model's inputs come from the event or the window's aggregates, and whatever is
+missing from the entity's online features (serving/inputs.py builds them as serving does); the scores come
+from serving's one entry (`Scorer.score`), which counts and logs them once they are published. The
+production version is looked up for every batch, so a promotion applies from the next batch on with
+nothing skipped. Offsets are committed after the predictions are acknowledged by the bus: at-least-once,
+and a replay publishes the same ids. Side effects are not run here (see actions.py): a slow action target
+cannot slow inference.
 """
 
 from __future__ import annotations
@@ -17,32 +19,30 @@ import datetime as dt
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mlplat.backends.bus import BusConsumer, EventBus, Message, TopicPartition, poll_batch, rewind
 from mlplat.backends.hotstore import HotStore
-from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import Lane, Priority
 from mlplat.config import StreamingSettings
 from mlplat.errors import ConfigError, MlplatError, NotFound
 from mlplat.features.definitions import FeatureSet
 from mlplat.features.online import read_online
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.sink import dead_letter_table
-from mlplat.ingest.validation import DeadLetter, validate_events
+from mlplat.ingest.validated import CHUNK_ROWS, OFFSET, ValidatedChunk, validated_topic
+from mlplat.ingest.validation import DeadLetter
 from mlplat.observability.logging import get_logger
 from mlplat.observability.metrics import Metrics
-from mlplat.serving.prediction_log import PredictionLog
+from mlplat.serving.inputs import fill_online, floats, given_matrix, lacking
 from mlplat.serving.registry import ModelVersion
-from mlplat.serving.service import ModelServing, ServedVersion
+from mlplat.serving.scoring import Logged, Scored, Scorer
 from mlplat.streaming.definitions import StreamingConfig, StreamSpec
 from mlplat.streaming.records import PredictionRecord
 from mlplat.streaming.windows import ClosedWindow, TumblingWindows
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 log = get_logger("streaming")
 NUMERIC = ("int", "float", "bool")
@@ -54,13 +54,11 @@ class StreamInference:
     name = "streaming"
 
     def __init__(self, settings: StreamingSettings, config: StreamingConfig, bus: EventBus, hot_store: HotStore,
-                 warehouse: Warehouse, features: FeatureRegistry, serving: ModelServing, balancer: Balancer,
-                 prediction_log: PredictionLog | None, metrics: Metrics) -> None:
+                 warehouse: Warehouse, features: FeatureRegistry, scorer: Scorer, metrics: Metrics) -> None:
         self._settings = settings
-        self._config = config
         self._bus = bus
-        self._streams = [ModelStream(spec, settings, bus, hot_store, warehouse, features, serving, balancer,
-                                     prediction_log, metrics) for spec in config.streams]
+        self._streams = [ModelStream(spec, settings, bus, hot_store, warehouse, features, scorer, metrics)
+                         for spec in config.streams]
 
     async def start(self) -> None:
         if not self._streams:
@@ -83,17 +81,14 @@ class StreamInference:
 
 class ModelStream:
     def __init__(self, spec: StreamSpec, settings: StreamingSettings, bus: EventBus, hot_store: HotStore,
-                 warehouse: Warehouse, features: FeatureRegistry, serving: ModelServing, balancer: Balancer,
-                 prediction_log: PredictionLog | None, metrics: Metrics) -> None:
+                 warehouse: Warehouse, features: FeatureRegistry, scorer: Scorer, metrics: Metrics) -> None:
         self.spec = spec
         self._settings = settings
         self._bus = bus
         self._hot_store = hot_store
         self._warehouse = warehouse
         self._features = features
-        self._serving = serving
-        self._balancer = balancer
-        self._log = prediction_log
+        self._scorer = scorer
         self._metrics = metrics
         self._published = metrics.stream_predictions.labels(spec.model)
         self._lag = metrics.stream_lag_seconds.labels(spec.model)
@@ -111,9 +106,15 @@ class ModelStream:
             if agg.feature and fs.feature(agg.feature).type not in NUMERIC:
                 raise ConfigError(f"stream {self.spec.model!r}: aggregate {agg.name!r} needs a numeric feature; "
                                   f"{agg.feature!r} is {fs.feature(agg.feature).type}")
-        self._consumer = self._bus.consumer([fs.topic], group=self.group)
+        topic = validated_topic(fs.topic)
+        try:  # ingest created it before (it starts first); the same partitions as the events' topic
+            partitions = await self._bus.partitions_for(fs.topic)
+        except NotFound:
+            partitions = self._settings.partitions
+        await self._bus.create_topic(topic, partitions=partitions)
+        self._consumer = self._bus.consumer([topic], group=self.group)
         await self._consumer.start()
-        log.info("stream_started", model=self.spec.model, topic=fs.topic, group=self.group,
+        log.info("stream_started", model=self.spec.model, topic=topic, group=self.group,
                  window_s=self.spec.window_s or None)
 
     def _feature_set(self) -> FeatureSet:
@@ -133,7 +134,7 @@ class ModelStream:
         backoff = 0.2
         while True:
             try:
-                batch = await poll_batch(self._consumer, max_records=self._settings.batch_size,
+                batch = await poll_batch(self._consumer, max_records=max(1, self._settings.batch_size // CHUNK_ROWS),
                                          wait_s=self._settings.batch_wait_ms / 1000)
                 if batch:
                     await self.process(batch)
@@ -158,29 +159,42 @@ class ModelStream:
                 backoff = 0.2
 
     async def process(self, batch: dict[TopicPartition, list[Message]]) -> None:
+        """One batch of the validated topic: ingest's rows, each with its position there (for the commit)
+        and its key on the events' topic (for a dead letter)."""
         assert self._consumer is not None
         started = time.perf_counter()
-        fs = self._feature_set()
-        messages = [m for msgs in batch.values() for m in msgs]
-        validated = await self._balancer.run(
-            validate_events, fs, self._features.key_of(fs), [m.value for m in messages], dt.datetime.now(dt.UTC),
-            priority=Priority.SERVE, lane=Lane.THREAD)
-        left_out = {d.index for d in validated.dead} | set(validated.redelivered)
-        positions = [(m.tp, m.offset) for i, m in enumerate(messages) if i not in left_out]
-        if validated.dead:
-            self._metrics.stream_skipped.labels(self.spec.model, "invalid_event").inc(len(validated.dead))
-        if validated.redelivered:  # predicted once, for the copy kept
-            self._metrics.stream_skipped.labels(self.spec.model, "redelivered").inc(len(validated.redelivered))
-        for tp, msgs in batch.items():
-            self._read_up_to[tp] = msgs[-1].offset + 1
+        tables: list[pa.Table] = []
+        positions: list[tuple[TopicPartition, int]] = []
+        source_keys: list[str] = []
+        for tp, messages in batch.items():
+            self._read_up_to[tp] = messages[-1].offset + 1
+            for m in messages:
+                try:
+                    chunk = ValidatedChunk.from_message(m)
+                except ValueError as e:  # not ingest's: nothing to predict on, and never a loop on it
+                    self._metrics.stream_skipped.labels(self.spec.model, "invalid_event").inc()
+                    log.error("stream_message_skipped", model=self.spec.model, error=str(e))
+                    continue
+                if chunk.invalid:
+                    self._metrics.stream_skipped.labels(self.spec.model, "invalid_event").inc(chunk.invalid)
+                if chunk.redelivered:  # predicted once, for the copy kept
+                    self._metrics.stream_skipped.labels(self.spec.model, "redelivered").inc(chunk.redelivered)
+                if chunk.rows.num_rows:
+                    tables.append(chunk.rows)
+                    positions += [(tp, m.offset)] * chunk.rows.num_rows
+                    prefix = f"stream:{self.spec.model}:{chunk.source.topic}:{chunk.source.partition}:"
+                    source_keys += [prefix + str(o) for o in chunk.rows[OFFSET].to_pylist()]
+        rows = pa.concat_tables(tables) if tables else None
         if self._windows is None:
-            await self._predict_events(validated.rows, positions, started)
+            if rows is not None:
+                await self._predict_events(rows, source_keys, started)
             await self._consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
             return
         self._windows.forget(self._consumer.assignment())
-        late = self._windows.add(validated.rows, positions)
-        if late:
-            self._metrics.stream_skipped.labels(self.spec.model, "late_event").inc(late)
+        if rows is not None:
+            late = self._windows.add(rows, positions)
+            if late:
+                self._metrics.stream_skipped.labels(self.spec.model, "late_event").inc(late)
         await self._emit_windows(self._windows.close_ready())
         await self._commit_windows()
 
@@ -190,81 +204,69 @@ class ModelStream:
         owned = self._consumer.assignment()
         await self._consumer.commit({tp: offset for tp, offset in safe.items() if tp in owned})
 
-    async def _predict_events(self, rows: pa.Table, positions: list[tuple[TopicPartition, int]],
-                              started: float) -> None:
+    async def _predict_events(self, rows: pa.Table, source_keys: list[str], started: float) -> None:
         if not rows.num_rows:
             return
-        served = await self._serving.version_for(self.spec.model, 0)
-        mv = served.mv
-        given = {n: _floats(rows[n]) for n in mv.feature_names if n in rows.column_names}
+        mv = await self._scorer.model_version(self.spec.model)
+        given = {n: floats(rows[n]) for n in mv.feature_names if n in rows.column_names}
         entities = rows["entity_id"].to_pylist()
-        matrix = await self._inputs(mv, given, entities)
+        matrix = await self._matrix(mv, given, entities)
         event_ids = rows["event_id"].to_pylist()
         ids = [f"{self.spec.model}:{e}" for e in event_ids]
         times = rows["event_time"].cast(pa.int64()).to_numpy()
-        skipped = [f"stream:{self.spec.model}:{tp.topic}:{tp.partition}:{offset}" for tp, offset in positions]
-        await self._publish(served, matrix, ids, entities, times, None, np.ones(len(ids), np.int64), skipped,
+        await self._publish(mv, matrix, ids, entities, times, None, np.ones(len(ids), np.int64), source_keys,
                             started, event_ids)
 
     async def _emit_windows(self, closed: list[ClosedWindow]) -> None:
         if not closed:
             return
         started = time.perf_counter()
-        served = await self._serving.version_for(self.spec.model, 0)
-        mv = served.mv
+        mv = await self._scorer.model_version(self.spec.model)
         given = {a.name: np.array([math.nan if w.values[a.name] is None else w.values[a.name] for w in closed])
                  for a in self.spec.aggregates if a.name in mv.feature_names}
         entities = [w.entity_id for w in closed]
-        matrix = await self._inputs(mv, given, entities)
+        matrix = await self._matrix(mv, given, entities)
         ids = [f"{self.spec.model}:{w.entity_id}:{w.start_us}" for w in closed]
-        await self._publish(served, matrix, ids, entities, np.array([w.end_us for w in closed]),
+        await self._publish(mv, matrix, ids, entities, np.array([w.end_us for w in closed]),
                             [w.start_us for w in closed], np.array([w.count for w in closed]), ids, started)
 
-    async def _inputs(self, mv: ModelVersion, given: Mapping[str, np.ndarray], entities: list[str]) -> np.ndarray:
+    async def _matrix(self, mv: ModelVersion, given: Mapping[str, np.ndarray], entities: list[str]) -> np.ndarray:
         """The model's input matrix: given columns first, then each entity's online features; NaN where
         neither has a value (the row is skipped)."""
-        matrix = np.full((len(entities), len(mv.features)), np.nan)
-        for j, name in enumerate(mv.feature_names):
-            if name in given:
-                matrix[:, j] = given[name]
-        holes = np.isnan(matrix)
-        if holes.any() and mv.feature_set:
-            rows = np.flatnonzero(holes.any(axis=1))
-            wanted = sorted({entities[i] for i in rows})
+        matrix = given_matrix(mv, given, len(entities))
+        rows, wanted = lacking(matrix, entities)
+        if len(rows) and mv.feature_set:
             online = await read_online(self._hot_store, self._warehouse, self._features.get(mv.feature_set), wanted)
-            for i in rows.tolist():
-                doc = online.get(entities[i]) or {}
-                for j in np.flatnonzero(holes[i]).tolist():
-                    matrix[i, j] = _number(doc.get(mv.feature_names[j]))
+            fill_online(matrix, mv, rows, entities, online)
         return matrix
 
-    async def _publish(self, served: ServedVersion, matrix: np.ndarray, ids: list[str], entities: list[str],
+    async def _publish(self, mv: ModelVersion, matrix: np.ndarray, ids: list[str], entities: list[str],
                        times_us: np.ndarray, window_starts: list[int] | None, counts: np.ndarray,
                        source_keys: list[str], started: float, event_ids: list[str] | None = None) -> None:
         """event_ids: of per-event predictions, logged so that each label finds the prediction it is for."""
-        mv = served.mv
         complete = ~np.isnan(matrix).any(axis=1)
         if not complete.all():
             await self._skip_incomplete(mv, matrix, np.flatnonzero(~complete), entities, source_keys)
-        keep = np.flatnonzero(complete)
-        if not len(keep):
+        keep = np.flatnonzero(complete).tolist()
+        if not keep:
             return
-        scores = await served.run(np.ascontiguousarray(matrix[keep]))
-        now_us = int(time.time() * 1e6)
-        records = [PredictionRecord(ids[i], mv.model, mv.version, entities[i], float(score), int(times_us[i]),
-                                    now_us, None if window_starts is None else window_starts[i], int(counts[i]))
-                   for i, score in zip(keep.tolist(), scores.tolist(), strict=True)]
-        await self._bus.publish_many(self._settings.predictions_topic,
-                                     [(r.entity_id.encode(), r.to_json()) for r in records])
-        self._published.inc(len(records))
-        for r in records:
-            self._lag.observe(max(now_us - r.event_time_us, 0) / 1e6)
-        if self._log is not None:
-            self._log.add_rows(pa.array([r.id for r in records], pa.string()), mv.model, mv.version,
-                               pa.array([r.entity_id for r in records], pa.string()), matrix[keep], scores,
-                               (time.perf_counter() - started) * 1000,
-                               None if event_ids is None else pa.array([event_ids[i] for i in keep.tolist()],
-                                                                       pa.string()))
+
+        async def publish(scored: Scored) -> None:
+            now_us = int(time.time() * 1e6)
+            records = [PredictionRecord(ids[i], scored.mv.model, scored.mv.version, entities[i], float(score),
+                                        int(times_us[i]), now_us, None if window_starts is None else window_starts[i],
+                                        int(counts[i]))
+                       for i, score in zip(keep, scored.scores.tolist(), strict=True)]
+            await self._bus.publish_many(self._settings.predictions_topic,
+                                         [(r.entity_id.encode(), r.to_json()) for r in records])
+            self._published.inc(len(records))
+            for r in records:
+                self._lag.observe(max(now_us - r.event_time_us, 0) / 1e6)
+
+        logged = Logged(pa.array([ids[i] for i in keep], pa.string()), pa.array([entities[i] for i in keep],
+                                                                                 pa.string()),
+                        None if event_ids is None else pa.array([event_ids[i] for i in keep], pa.string()), started)
+        await self._scorer.score(self.spec.model, matrix[keep], version=mv.version, logged=logged, deliver=publish)
 
     async def _skip_incomplete(self, mv: ModelVersion, matrix: np.ndarray, rows: np.ndarray, entities: list[str],
                                source_keys: list[str]) -> None:
@@ -280,19 +282,3 @@ class ModelStream:
         table = dead_letter_table(letters, f"stream:{self.spec.model}", self.spec.feature_set, dt.datetime.now(dt.UTC))
         await self._warehouse.write(ArrowWrite("dead_letters", table, mode="insert_ignore", key=("source_key",)))
         log.warning("stream_rows_skipped", model=self.spec.model, rows=len(rows), first=letters[0][1].reason)
-
-
-def _floats(column: pa.ChunkedArray) -> np.ndarray:
-    """A feature column as float64 with NaN for nulls (bools become 0/1)."""
-    if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type):
-        column = pc.cast(column, pa.float64())
-    return np.asarray(column.to_numpy(), dtype=np.float64)
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return math.nan
-

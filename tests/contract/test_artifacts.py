@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from mlplat.backends.artifacts import ArtifactInfo, ArtifactStore
+from mlplat.backends.artifacts import ArtifactInfo, ArtifactStore, InvalidArtifactKey, InvalidArtifactMetadata
 from mlplat.errors import NotFound
 
 
@@ -77,8 +77,9 @@ async def test_metadata_round_trips_through_put_head_and_list(artifact_store: Ar
 async def test_metadata_azure_cannot_store_is_refused_everywhere(
     artifact_store: ArtifactStore, metadata: dict[str, str], message: str
 ) -> None:
-    """Metadata breaking Azure's rules is refused by every backend with the reason, and nothing is written."""
-    with pytest.raises(ValueError, match=message):
+    """Metadata breaking Azure's rules is refused by every backend with the package's one check (same type, same
+    reason), and nothing is written."""
+    with pytest.raises(InvalidArtifactMetadata, match=message):
         await artifact_store.put("m/x", b"v", metadata=metadata)
     with pytest.raises(NotFound):
         await artifact_store.head("m/x")
@@ -148,11 +149,12 @@ async def test_missing_key_raises_not_found(artifact_store: ArtifactStore, key: 
     "key", ["", "../x", "/abs", "a//b", "a/", "a/../b", "./a", "a\\b", "a\x00b", ".meta/x", "m/.tmp-x.part"]
 )
 async def test_invalid_keys_are_refused_with_the_key_named(artifact_store: ArtifactStore, key: str) -> None:
-    """Keys that could escape the store or reach its bookkeeping are refused by every call, naming the key."""
+    """Keys that could escape the store or reach its bookkeeping are refused by every call, naming the key, by
+    the package's one check on every backend (same type, same message)."""
     expected = f"invalid artifact key {key!r}"
-    with pytest.raises(ValueError, match="^" + re.escape(expected)):
+    with pytest.raises(InvalidArtifactKey, match="^" + re.escape(expected)):
         await artifact_store.put(key, b"v")
     for op in (artifact_store.get, artifact_store.head, artifact_store.delete):
-        with pytest.raises(ValueError, match="invalid artifact key"):
+        with pytest.raises(InvalidArtifactKey, match="^" + re.escape(expected)):
             await op(key)
     assert await artifact_store.list() == []

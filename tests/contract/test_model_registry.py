@@ -25,7 +25,7 @@ from mlplat.serving.registry import (
     parse_inputs,
     production_from_hot_store,
 )
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 from tests.models import FEATURES, logistic_bytes, onnx_bytes, tree_bytes
 
 

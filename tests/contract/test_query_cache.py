@@ -10,8 +10,9 @@ import pytest
 from mlplat.backends.hotstore import HotStore
 from mlplat.config import WarehouseSettings
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, Warehouse
 from mlplat.warehouse.cache import QueryCache
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.unit.test_cli import run
+from tests.daemons import run
 
 SERVE_KEYS = ("p50_ms_c1", "p99_ms_c1", "rps_c1", "rps_c8", "rps_c32", "batch_rows_per_s", "floor_batch_rows_per_s",
               "batch_ratio")

@@ -20,7 +20,7 @@ import redis
 
 from mlplat.backends.bus import open_bus
 from mlplat.features.online import PREFIX
-from tests.e2e.test_daemon import RunningDaemon, start_daemon
+from tests.daemons import RunningDaemon, start_daemon
 from tests.waiting import processes_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -29,6 +29,7 @@ PER_WAVE = 1500
 ENTITIES = 40
 BAD_EVERY = 37  # every 37th event lacks its required spend: a dead letter
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+SESSION_TIMEOUT_MS = 3000  # as short as Tansu takes (it holds a join for half of it)
 
 
 def catalog(name: str) -> str:
@@ -110,7 +111,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, k
     env = {"MLPLAT_BUS__URL": kafka_url, "MLPLAT_HOT_STORE__URL": redis_url,
            "MLPLAT_INGEST__FEATURES_FILE": str(tmp_path / "features.toml"),
            "MLPLAT_INGEST__CONSUMER_GROUP": f"crash-{unique_name}", "MLPLAT_INGEST__BATCH_SIZE": "300",
-           "MLPLAT_INGEST__BATCH_WAIT_MS": "50", "MLPLAT_INGEST__DEAD_LETTER_TOPIC": f"dlq-{unique_name}"}
+           "MLPLAT_INGEST__BATCH_WAIT_MS": "50", "MLPLAT_INGEST__DEAD_LETTER_TOPIC": f"dlq-{unique_name}",
+           # the next daemon waits out the killed member's session before it gets the partitions
+           "MLPLAT_BUS__SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS)}
     topic = f"mlplat.events.{name}"
     rng = random.Random(20261123)
     events = [event(i) for i in range(WAVES * PER_WAVE)]

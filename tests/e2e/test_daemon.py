@@ -6,70 +6,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mlplat.warehouse.schema import MIGRATIONS
+from tests.daemons import MLPLAT, RunningDaemon, start_daemon
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
-MLPLAT = [sys.executable, "-m", "mlplat"]
-
-
-@dataclass
-class RunningDaemon:
-    proc: subprocess.Popen[str]
-    grpc_port: int
-    http_port: int
-    workdir: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*MLPLAT, *args, "--target", self.target], capture_output=True, text=True,
-                              timeout=60, cwd=self.workdir)
-
-    def logs(self) -> str:
-        return (self.workdir / "daemon.log").read_text()
-
-
-def start_daemon(workdir: Path, env: dict[str, str] | None = None, *args: str) -> RunningDaemon:
-    grpc_port, http_port = free_port(), free_port()
-    with (workdir / "daemon.log").open("a") as log:
-        proc = subprocess.Popen(
-            [*MLPLAT, "run", "--grpc-port", str(grpc_port), "--http-port", str(http_port), *args],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "MLPLAT_LOGGING__FORMAT": "json", **(env or {})},
-        )
-    daemon = RunningDaemon(proc, grpc_port, http_port, workdir)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited {proc.returncode}:\n{daemon.logs()}")
-        try:
-            if daemon.http("/readyz")[0] == 200:
-                return daemon
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"daemon not ready in 60s:\n{daemon.logs()}")
 
 
 @pytest.fixture

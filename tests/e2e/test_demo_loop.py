@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_daemon import RunningDaemon, start_daemon
+from tests.daemons import RunningDaemon, start_daemon
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]  # alone: other tests' load would eat into these limits
 # The README promises the loop (bootstrap -> drift -> retrain -> promote) within these times, counted from
 # `mlplat run`; about 25 s (--fast) and 95 s here.
 FAST_LIMIT_S = 60

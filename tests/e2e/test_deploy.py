@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_daemon import MLPLAT, start_daemon
+from tests.daemons import MLPLAT, start_daemon
 from tests.secrets import ADMIN_TOKEN
 from tests.servers import free_port
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_daemon import RunningDaemon, start_daemon
+from tests.daemons import RunningDaemon, start_daemon
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

@@ -32,16 +32,15 @@ from mlplat.api.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-from tests.e2e.test_daemon import RunningDaemon, start_daemon
+from tests.daemons import RunningDaemon, start_daemon
+from tests.fuzz_cases import RPC_CASES
 from tests.models import tree_bytes
 
 pytestmark = pytest.mark.e2e
 CLIENT_ERRORS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
                  grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE}
-CASES = {"predict": 900, "predict_batch": 700, "predict_stream": 250, "query": 450, "declare": 450,
-         "registry": 350, "features": 350, "register_model": 120, "upload": 120, "monitoring": 150}
-RPC_CASES = sum(CASES.values())
+CASES = RPC_CASES
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
@@ -50,7 +49,9 @@ EXTRA_FIELD = b"\xb8\x3e\x07"  # field 999, varint 7: unknown to every message, 
 
 names = st.one_of(st.sampled_from(["churn", "user_activity", "user_labels", "", "CHURN", "churn; DROP TABLE x",
                                    "../../etc/passwd", "churn\x00", "ü"]), st.text(max_size=80),
-                  st.tuples(st.integers(2000, 100_000), st.characters()).map(lambda t: t[1] * t[0]))
+                  # no lone surrogates: protobuf cannot encode them, so no client can send one
+                  st.tuples(st.integers(2000, 100_000), st.characters(exclude_categories=["Cs"])).map(
+                      lambda t: t[1] * t[0]))
 int32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 uint32 = st.integers(min_value=0, max_value=2**32 - 1)
 json_value = st.recursive(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_daemon import MLPLAT, RunningDaemon, start_daemon
+from tests.daemons import MLPLAT, RunningDaemon, start_daemon
 from tests.models import tree_bytes
 
 pytestmark = pytest.mark.e2e

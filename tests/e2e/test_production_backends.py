@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_daemon import start_daemon
+from tests.daemons import start_daemon
 from tests.servers import ServerProcess, start_redis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]

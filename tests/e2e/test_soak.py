@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from mlplat.api.v1 import models_pb2, models_pb2_grpc, monitoring_pb2, monitoring_pb2_grpc
-from tests.e2e.test_daemon import start_daemon
+from tests.daemons import start_daemon
 
 pytestmark = pytest.mark.e2e
 SOAK_S = float(os.environ.get("MLPLAT_SOAK_S", "75"))

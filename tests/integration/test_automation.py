@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,17 @@ import pytest
 from mlplat.api.v1 import models_pb2, models_pb2_grpc, training_pb2, training_pb2_grpc
 from mlplat.automation.jobs import JobEvent, TrainingJob
 from mlplat.automation.lifecycle import clean_up
+from mlplat.automation.service import BOOTSTRAP_POLL_S
 from mlplat.automation.specs import ModelSpec
 from mlplat.daemon import Daemon
-from mlplat.errors import NotFound
+from mlplat.errors import BackendUnavailable, NotFound
 from mlplat.features.definitions import load_catalog
 from mlplat.ingest.generator import GeneratorSpec, generate_labelled
-from mlplat.monitoring.drift import DriftValue, ModelDrift
+from mlplat.monitoring.drift import DRIFT_KEY, DriftValue, ModelDrift
 from mlplat.serving.flavours import load_model
 from mlplat.serving.registry import RegistryError
-from tests.integration.test_serving import daemon_settings
-from tests.models import FEATURES, logistic_bytes, tree_bytes
+from tests.daemons import daemon_settings
+from tests.models import FEATURES, NAMES, logistic_bytes, matrix, rows, tree_bytes
 from tests.waiting import until
 
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -70,6 +72,16 @@ async def ingest_labelled(daemon: Daemon, tmp_path: Path, n: int, *, seed: int =
     (tmp_path / f"labels-{tag}.ndjson").write_bytes(b"\n".join(label for _, _, label in rows if label))
     await daemon.batch.ingest_file(tmp_path / f"events-{tag}.ndjson", "user_activity", upload_id=f"events-{tag}")
     await daemon.batch.ingest_file(tmp_path / f"labels-{tag}.ndjson", "user_labels", upload_id=f"labels-{tag}")
+
+
+class Clock:
+    """The scheduler's monotonic time, moved by the test instead of waited out."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def finished(job: TrainingJob, limit_s: float = 120) -> list[JobEvent]:
@@ -157,8 +169,9 @@ async def test_a_training_job_preempted_by_ingest_load_still_completes(tmp_path:
         await daemon.automation.declare(spec.model_copy(update={"estimator": "random_forest",
                                                                 "params": {"n_estimators": 1500}}))
         job = await daemon.automation.train("churn")
-        await until(lambda: job.last is not None and job.last.stage == "fitting", "fitting started")
-        await asyncio.sleep(0.5)
+        busy = daemon.metrics.workers_busy.labels("process")
+        await until(lambda: job.last is not None and job.last.stage == "fitting" and busy._value.get() >= 1,
+                    "fitting running on the worker")
         await ingest_labelled(daemon, tmp_path, 20_000, seed=5, tag="load", start=START + dt.timedelta(days=1))
         assert daemon.metrics.jobs_preempted._value.get() >= 1
         events = await finished(job, limit_s=300)
@@ -213,9 +226,6 @@ async def test_one_drift_episode_triggers_one_retraining(daemon: Daemon, tmp_pat
     async def run_drift(models: list[str], at: dt.datetime | None = None) -> list[ModelDrift]:
         return [drifted("churn", 1, latest["ks"])]
 
-    async def stored(model: str | None = None) -> list[ModelDrift]:
-        return [drifted("churn", 1, latest["ks"])]
-
     started: list[tuple[str, str]] = []
 
     async def train(model: str, *, trigger: str = "request", reason: str = "",
@@ -223,11 +233,12 @@ async def test_one_drift_episode_triggers_one_retraining(daemon: Daemon, tmp_pat
         started.append((trigger, reason))
 
     monkeypatch.setattr(daemon.monitoring, "run_drift", run_drift)
-    monkeypatch.setattr(daemon.monitoring, "latest", stored)
     monkeypatch.setattr(daemon.automation, "train", train)
+    clock = Clock()
+    monkeypatch.setattr(daemon.automation, "clock", clock)
     for ks in (0.5, 0.6, 0.7, 0.2, 0.5, 0.25):  # an episode, its end (0.2 < 0.3), a second episode in cool-down
         latest["ks"] = ks
-        await asyncio.sleep(0.02)
+        clock.now += 0.02  # past drift_check_s
         await daemon.automation.tick()
     assert started == [("drift", "ks of session_minutes 0.500 >= 0.3")]
     decisions = [(e.action, e.reason) for e in reversed(await daemon.registry.history("churn"))
@@ -235,6 +246,68 @@ async def test_one_drift_episode_triggers_one_retraining(daemon: Daemon, tmp_pat
     # each episode is recorded once: the first retrains, the second (in the cool-down) is ignored, with why
     assert [a for a, _ in decisions] == ["retrain", "drift_ignored", "drift_ignored"]
     assert "cooling down" in decisions[1][1] and "0.600" in decisions[1][1] and "0.500" in decisions[2][1]
+
+
+async def test_a_shift_of_the_country_mix_retrains_on_the_runs_result_when_the_hot_store_lost_it(
+        tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real drift run: country (a string, no model input) drifts as ingested, nothing else does. The run's
+    write to Redis fails and Redis still holds an older run without drift: automation acts on what the run
+    returned, with the categorical thresholds, whatever numeric statistics its spec names."""
+    daemon = Daemon(automation_settings(tmp_path, hot_store={"url": redis_url}))
+    await daemon.start()
+    try:
+        await _country_mix_retrains(daemon, tmp_path, monkeypatch)
+    finally:
+        await daemon.stop()
+
+
+async def _country_mix_retrains(daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "reference.ndjson").write_text("\n".join(json.dumps(r) for r in rows(1, 5000)))
+    await daemon.batch.ingest_file(tmp_path / "reference.ndjson", "user_activity", upload_id="reference")
+    window = {"start": START.isoformat(), "end": (START + dt.timedelta(seconds=5000)).isoformat()}
+    mv = await daemon.registry.register("churn", logistic_bytes(), "sklearn", FEATURES, feature_set="user_activity",
+                                        training_window=window)
+    await daemon.registry.promote("churn", mv.version)
+    await daemon.serving.swap_to(mv)
+    await daemon.serving.predict_batch("churn", NAMES, matrix(rows(2, 3000)))
+    await daemon.prediction_log.flush()
+    logged = await daemon.warehouse.read("SELECT max(predicted_at) AS t FROM predictions")
+    at = logged["t"][0].as_py()  # the run's bucket is the one the predictions are in
+    bucket = dt.datetime.fromtimestamp(at.timestamp() // 3600 * 3600, dt.UTC)
+    current = rows(3, 3000, start=bucket, step_ms=1)  # the numbers as in the reference; 70% from the US
+    for i, record in enumerate(current):
+        record["country"] = "us" if i % 10 < 7 else record["country"]
+    (tmp_path / "current.ndjson").write_text("\n".join(json.dumps(r) for r in current))
+    await daemon.batch.ingest_file(tmp_path / "current.ndjson", "user_activity", upload_id="current")
+
+    key = DRIFT_KEY.format(model="churn")
+    earlier = ModelDrift("churn", 1, "b0", "b1", "earlier").to_json()  # an earlier run: no drift
+    await daemon.hot_store.set(key, earlier)
+    write = daemon.hot_store.set
+
+    async def failing(k: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        if k == key:
+            raise BackendUnavailable("redis: connection refused")
+        await write(k, value, ttl_s=ttl_s)
+
+    monkeypatch.setattr(daemon.hot_store, "set", failing)
+    started: list[tuple[str, str]] = []
+
+    async def train(model: str, *, trigger: str = "request", reason: str = "",
+                    since: dt.datetime | None = None) -> None:
+        started.append((trigger, reason))
+
+    monkeypatch.setattr(daemon.automation, "train", train)
+    spec = daemon.automation.specs()["churn"]
+    await daemon.automation.declare(spec.model_copy(update={"drift_check_s": 60.0, "drift_statistics": ("ks",),
+                                                            "drift_thresholds": {"ks": 0.15}}))
+    await daemon.automation.tick(now=at)
+
+    assert await daemon.hot_store.get(key) == earlier  # the run's result never reached the store
+    [(trigger, reason)] = started
+    assert trigger == "drift" and reason.startswith("psi of country ") and reason.endswith(" >= 0.2"), reason
+    decisions = [e.reason for e in await daemon.registry.history("churn") if e.action == "retrain"]
+    assert decisions == [f"drift: {reason}"]
 
 
 async def test_a_retraining_schedule_fires_on_its_cron_time(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,16 +329,19 @@ async def test_bootstrap_trains_once_when_there_is_enough_data_and_restart_warms
     settings = automation_settings(tmp_path, bootstrap=True)
     daemon = Daemon(settings)
     await daemon.start()
+    clock = daemon.automation.clock = Clock()
     try:
         await daemon.automation.tick()
         assert "churn" not in daemon.serving.served_models()  # no data: nothing to train on
         await ingest_labelled(daemon, tmp_path, 600)
-        await asyncio.sleep(2.1)  # the bootstrap check's own interval
+        await daemon.automation.tick()
+        assert daemon.automation._jobs.running("churn") is None  # the bootstrap check waits its own interval
+        clock.now += BOOTSTRAP_POLL_S
         await daemon.automation.tick()
         job = daemon.automation._jobs.running("churn")
         assert job is not None and job.trigger == "bootstrap"
         assert (await finished(job))[-1].stage == "promoted"
-        await asyncio.sleep(2.1)
+        clock.now += BOOTSTRAP_POLL_S
         await daemon.automation.tick()
         assert daemon.automation._jobs.running("churn") is None
         assert [a for a, _ in await history(daemon)] == ["bootstrap", "register", "promote"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
+from tests.daemons import wait_ready
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -34,22 +33,6 @@ async def daemon(tmp_path: Path, redis_url: str, kafka_url: str, azure_connectio
     await d.start()
     yield d
     await d.stop()
-
-
-async def readyz(d: Daemon) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{d.http.port}/readyz") as r:
-        return r.status, await r.json()
-
-
-async def wait_ready(d: Daemon, want: bool, limit_s: float = 30) -> dict[str, object]:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while True:
-        status, body = await readyz(d)
-        if (status == 200) == want:
-            return body
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"readyz still {status}: {body}")
-        await asyncio.sleep(0.1)
 
 
 async def grpc_health(d: Daemon) -> int:

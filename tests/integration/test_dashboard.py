@@ -17,9 +17,8 @@ import yaml
 
 from mlplat.automation.specs import ModelSpec
 from mlplat.daemon import Daemon
-from tests.integration.test_drift import NAMES, matrix, rows
-from tests.integration.test_serving import daemon_settings
-from tests.models import FEATURES, logistic_bytes
+from tests.daemons import daemon_settings
+from tests.models import FEATURES, NAMES, logistic_bytes, matrix, rows
 from tests.servers import REPO, start_prometheus
 
 DEPLOY = REPO / "deploy"

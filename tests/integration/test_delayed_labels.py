@@ -20,7 +20,7 @@ from mlplat.features.definitions import FeatureSet
 from mlplat.ingest.generator import GeneratorSpec, generate_labelled, generate_records
 from mlplat.monitoring.drift import PERFORMANCE, ModelDrift
 from mlplat.serving.flavours import load_model
-from tests.integration.test_serving import daemon_settings
+from tests.daemons import daemon_settings
 from tests.models import FEATURES, logistic_bytes
 from tests.waiting import until
 

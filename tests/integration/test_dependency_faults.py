@@ -15,8 +15,7 @@ import pytest
 from mlplat.backends.bus.kafka import KafkaBus
 from mlplat.daemon import Daemon
 from mlplat.errors import BackendUnavailable
-from tests.integration.test_daemon_readiness import readyz, wait_ready
-from tests.integration.test_serving import daemon_settings
+from tests.daemons import daemon_settings, readyz, wait_ready
 from tests.models import FEATURES, logistic_bytes, tree_bytes
 from tests.servers import (
     ServerProcess,

@@ -10,19 +10,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from mlplat.daemon import Daemon
-from mlplat.ingest.generator import GeneratorSpec, generate_records
 from mlplat.monitoring.drift import DRIFT_KEY, PREDICTION, ModelDrift
-from tests.integration.test_serving import daemon_settings
-from tests.models import FEATURES, logistic_bytes
-
-T0 = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-NAMES = [f.name for f in FEATURES]
+from tests.daemons import daemon_settings
+from tests.models import FEATURES, NAMES, T0, logistic_bytes, matrix, rows
 
 
 @pytest.fixture
@@ -31,19 +26,6 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     await d.start()
     yield d
     await d.stop()
-
-
-def rows(seed: int, n: int, shift: dict[str, float] | None = None, start: dt.datetime = T0,
-         step_ms: float = 1000) -> list[dict[str, Any]]:
-    from mlplat.features.definitions import load_catalog
-
-    fs = load_catalog(Path("config/features.toml")).feature_sets["user_activity"]
-    return generate_records(GeneratorSpec(fs, "user_id", entities=300, seed=seed, shift=shift or {}, start=start,
-                                          step_ms=step_ms), n)
-
-
-def matrix(records: list[dict[str, Any]]) -> np.ndarray:
-    return np.array([[float(r[n]) for n in NAMES] for r in records])
 
 
 async def register(daemon: Daemon, name: str, window: dict[str, str] | None) -> None:

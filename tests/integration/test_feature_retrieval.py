@@ -11,13 +11,15 @@ import pytest
 
 from mlplat.backends.hotstore import open_hot_store
 from mlplat.config import WarehouseSettings
+from mlplat.errors import NotFound
 from mlplat.features.definitions import catalog_from_dict
 from mlplat.features.offline import training_set
 from mlplat.features.online import read_online, write_latest
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.validation import schema_for
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, Warehouse
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite
 from tests.servers import ServerProcess
 
 UTC = dt.UTC
@@ -77,7 +79,7 @@ async def test_unknown_features_are_named(store: tuple[Warehouse, FeatureRegistr
     spine = pa.table({"entity_id": ["ann"], "timestamp": [T0]})
     with pytest.raises(ValueError, match="has no feature 'nope'"):
         await training_set(warehouse, registry, spine, ["spend.nope"])
-    with pytest.raises(Exception, match="feature set 'ghost' does not exist"):
+    with pytest.raises(NotFound, match="feature set 'ghost' does not exist"):
         await training_set(warehouse, registry, spine, ["ghost"])
 
 

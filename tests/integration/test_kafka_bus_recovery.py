@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import pytest
 import structlog
@@ -18,10 +16,10 @@ from mlplat.backends.bus.kafka import KafkaBus, KafkaConsumer
 from mlplat.errors import BackendUnavailable
 from mlplat.observability.metrics import Metrics
 from tests.servers import ServerProcess, free_port
+from tests.waiting import eventually, receive
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 STALL_S = 5.0
 """The watchdog's threshold here: above what a healthy rejoin takes on Tansu with a 3 s session."""
 
@@ -40,29 +38,6 @@ def kafka_consumer(bus: KafkaBus, topic: str, group: str) -> KafkaConsumer:
 def rebuilds(metrics: Metrics, group: str, reason: str) -> float:
     value = metrics.registry.get_sample_value("mlplat_bus_consumer_rebuilds_total", {"group": group, "reason": reason})
     return value or 0.0
-
-
-async def eventually(call: Callable[[], Awaitable[T]], limit_s: float = 30) -> T:
-    """Retry a call that fails with BackendUnavailable while the client reconnects; fail after limit_s."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        try:
-            return await call()
-        except BackendUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-async def receive(consumer: BusConsumer, value: bytes, limit_s: float = 30) -> Message:
-    """Poll until the message with this value arrives (others may come first); fail after limit_s."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        for msgs in (await eventually(lambda: consumer.poll(max_records=100, timeout_s=0.5))).values():
-            for m in msgs:
-                if m.value == value:
-                    return m
-    raise AssertionError(f"{value!r} not received in {limit_s:g}s")
 
 
 async def receive_all(consumer: BusConsumer, values: set[bytes], limit_s: float) -> None:

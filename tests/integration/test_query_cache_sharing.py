@@ -18,9 +18,9 @@ import pytest
 from mlplat.backends.hotstore import open_hot_store
 from mlplat.config import WarehouseSettings
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
 from mlplat.warehouse.cache import QueryCache
 from mlplat.warehouse.schema import MIGRATIONS, migrate
+from mlplat.warehouse.store import Warehouse
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,7 @@ from mlplat.api.v1 import ingest_pb2, ingest_pb2_grpc, models_pb2, models_pb2_gr
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
 from mlplat.errors import ConfigError
-from tests.e2e.test_daemon import MLPLAT, start_daemon
-from tests.integration.test_serving import daemon_settings
+from tests.daemons import MLPLAT, daemon_settings, start_daemon
 from tests.secrets import ADMIN_TOKEN, READ_TOKEN
 
 READ, ADMIN = READ_TOKEN, ADMIN_TOKEN

@@ -17,26 +17,15 @@ import pytest
 from google.protobuf import struct_pb2
 
 from mlplat.api.v1 import models_pb2, models_pb2_grpc
-from mlplat.config import load_settings
 from mlplat.daemon import Daemon
 from mlplat.features.online import write_latest
 from mlplat.serving.flavours import load_model, sha256_of
 from mlplat.serving.registry import PRODUCTION_KEY
+from tests.daemons import daemon_settings
 from tests.models import FEATURES, logistic_bytes, tree_bytes
+from tests.waiting import until
 
 ROW = {"clicks_1h": 40, "spend_1h": 75.5, "session_minutes": 12.0, "is_premium": True}
-
-
-def daemon_settings(tmp_path: Path, **sections: Any) -> Any:
-    defaults: dict[str, Any] = dict(
-        warehouse={"url": f"duckdb://{tmp_path / 'w.duckdb'}"}, artifacts={"url": f"file://{tmp_path / 'a'}"},
-        api={"grpc_port": 0, "http_port": 0}, balancer={"max_python_workers": 1, "spare_workers": 0},
-        ingest={"spool_dir": str(tmp_path / "spool"), "features_file": "config/features.toml"},
-        serving={"log_flush_ms": 50.0, "reconcile_s": 0.5},
-    )
-    for name, values in sections.items():
-        defaults[name] = {**defaults.get(name, {}), **values}
-    return load_settings(**defaults)
 
 
 @pytest.fixture
@@ -112,9 +101,15 @@ async def test_register_promote_and_predict_every_way(daemon: Daemon, channel: g
     assert answers[5].error_code == "INVALID_ARGUMENT" and "spend_1h" in answers[5].error
     assert all(not a.error for i, a in enumerate(answers) if i != 5)
 
-    await asyncio.sleep(0.3)  # the log flushes every 50 ms here
-    logged = await daemon.warehouse.read("SELECT count(*) AS n, count(DISTINCT version) AS v FROM predictions")
-    assert logged.to_pylist() == [{"n": 1 + 500 + 20, "v": 1}]
+    async def logged() -> list[dict[str, Any]]:
+        table = await daemon.warehouse.read("SELECT count(*) AS n, count(DISTINCT version) AS v FROM predictions")
+        return list(table.to_pylist())
+
+    async def all_logged() -> bool:  # the log flushes every 50 ms here
+        return int((await logged())[0]["n"]) >= 1 + 500 + 20
+
+    await until(all_logged, "every prediction in the log")
+    assert await logged() == [{"n": 1 + 500 + 20, "v": 1}]
     single = await daemon.warehouse.read("SELECT features, score FROM predictions WHERE request_id = 'r1'")
     assert single.to_pylist() == [{"features": [float(ROW[f.name]) for f in FEATURES], "score": one.score}]
     in_batch = await daemon.warehouse.read("SELECT request_id, features FROM predictions WHERE request_id LIKE '%:7'")
@@ -198,9 +193,9 @@ async def test_a_swap_under_load_fails_no_request_and_a_tampered_version_is_neve
                 failures.append(e)
 
     clients = [asyncio.create_task(client()) for _ in range(8)]
-    await asyncio.sleep(0.3)
+    await until(lambda: len(versions) >= 50, "answers from v1 under load")
     await models.Promote(models_pb2.StageRequest(model="churn", version=v2.version))  # returns once served here
-    await asyncio.sleep(0.3)
+    await until(lambda: versions.count(2) >= 50, "answers from v2 under load")
     stop.set()
     await asyncio.gather(*clients)
     assert failures == [] and 1 in versions and versions[-1] == 2
@@ -209,8 +204,10 @@ async def test_a_swap_under_load_fails_no_request_and_a_tampered_version_is_neve
     v3 = await models.RegisterModel(register_messages("churn", tree_bytes(depth=4)))
     mv3 = await daemon.registry.get("churn", v3.version)
     await daemon.artifacts.put(mv3.artifact_key, b"tampered" + tree_bytes(depth=4)[8:])
+    load_failures = daemon.metrics.model_load_failures.labels("churn")._value.get
     await models.Promote(models_pb2.StageRequest(model="churn", version=v3.version))
-    await asyncio.sleep(1.0)  # the notice and a reconciliation both try v3
+    tried = load_failures()
+    await until(lambda: load_failures() >= tried + 2, "v3 tried again by the notice and a reconciliation")
     answer = await predict.Predict(models_pb2.PredictRequest(model="churn", features=struct(ROW)))
     assert answer.version == 2
     assert daemon.metrics.model_load_failures.labels("churn")._value.get() >= 1

@@ -12,7 +12,7 @@ import pytest
 
 from mlplat.daemon import Daemon
 from mlplat.errors import BackendError, BackendUnavailable
-from tests.integration.test_serving import daemon_settings
+from tests.daemons import daemon_settings
 from tests.secrets import REDIS_PASSWORD
 from tests.servers import ServerProcess, free_port, start_redis, start_tansu
 from tests.waiting import until

@@ -21,7 +21,7 @@ from mlplat.features.online import read_online
 from mlplat.features.registry import FeatureRegistry
 from mlplat.ingest.stream import StreamIngest
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 CATALOG: dict[str, Any] = {
     "entities": {"user": {"key": "user_id"}},

@@ -21,10 +21,11 @@ from aiohttp import web
 
 from mlplat.backends.bus import EventBus
 from mlplat.daemon import Daemon
+from mlplat.ingest import validation
 from mlplat.serving.flavours import load_model
 from mlplat.serving.registry import InputFeature
 from mlplat.streaming.records import PredictionRecord
-from tests.integration.test_serving import daemon_settings
+from tests.daemons import daemon_settings
 from tests.models import FEATURES, logistic_bytes, tree_bytes
 from tests.waiting import until
 
@@ -412,3 +413,43 @@ target = "low_scores"
     await until(lambda: applied._value.get() == len(low), "every low score written")
     rows = (await stack.daemon.warehouse.read("SELECT idempotency_key, score FROM low_scores")).to_pylist()
     assert {r["idempotency_key"] for r in rows} == low and all(r["score"] <= 0.5 for r in rows)
+
+
+TWO_MODELS = '[streams.churn]\nfeature_set = "FS"\n\n[streams.churn_b]\nfeature_set = "FS"\n'
+
+
+async def test_streaming_models_parse_no_event_again_and_serving_counts_and_logs_their_predictions(
+    stack_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models on one feature set: every event is parsed once, by ingest (no more often than ingest counts
+    events, whatever it replays), and each model's predictions go through serving's one entry."""
+    parsed: list[int] = []
+    parse = validation._parse
+
+    def counting(payloads: Any) -> Any:
+        parsed.append(len(payloads))
+        return parse(payloads)
+
+    monkeypatch.setattr(validation, "_parse", counting)
+    stack: Stack = await stack_factory(TWO_MODELS)
+    for model in ("churn", "churn_b"):
+        await stack.register(model, tree_bytes())
+    events = [event(i, i % 11) for i in range(300)]
+    await stack.publish([*events, {"event_id": "bad1", "user_id": "u1"}])
+    await stack.collect(lambda got: len(got) >= 2 * len(events))
+    assert Counter(p.model for p in stack.predictions) == {"churn": len(events), "churn_b": len(events)}
+
+    ingested = sum(stack.daemon.metrics.ingest_events.labels(stack.name, outcome)._value.get()
+                   for outcome in ("accepted", "dead_letter", "redelivered"))
+    assert ingested >= len(events) + 1 and sum(parsed) == ingested
+
+    async def logged() -> bool:
+        table = await stack.daemon.warehouse.read(
+            "SELECT model, count(DISTINCT event_id) AS events FROM predictions GROUP BY model ORDER BY model")
+        return bool(table.to_pylist() == [{"model": "churn", "events": len(events)},
+                                          {"model": "churn_b", "events": len(events)}])
+
+    await until(logged, "every event's prediction logged for each model")
+    for model in ("churn", "churn_b"):
+        assert stack.daemon.metrics.predictions.labels(model, "1", "ok")._value.get() >= len(events)
+        assert stack.daemon.metrics.stream_skipped.labels(model, "invalid_event")._value.get() >= 1

@@ -26,11 +26,10 @@ from mlplat.backends.security import SaslLogin, TlsFiles
 from mlplat.config import load_settings
 from mlplat.daemon import Daemon
 from mlplat.errors import BackendError, BackendUnavailable
-from tests.integration.test_kafka_bus_recovery import receive
-from tests.integration.test_serving import daemon_settings
+from tests.daemons import daemon_settings
 from tests.secrets import KAFKA_SASL_PASSWORD, REDIS_PASSWORD
 from tests.servers import RedisTls, ServerProcess, free_port, start_redis, start_tansu, start_tls_proxy
-from tests.waiting import until
+from tests.waiting import receive, until
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from mlplat.backends.bus import kafka
 from mlplat.backends.security import SaslLogin, TlsFiles
 from mlplat.config import load_settings
 from mlplat.errors import ConfigError
+from tests.daemons import MLPLAT
 from tests.secrets import KAFKA_SASL_PASSWORD, REDIS_PASSWORD
 
-MLPLAT = [sys.executable, "-m", "mlplat"]
 KAFKA = "kafka://127.0.0.1:9092"
 
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from mlplat.compute.balancer import Balancer
-from mlplat.compute.jobs import BalancerStopped, Cost, DeadlineExceeded, Lane, Priority, WorkerDied
+from mlplat.compute.job_types import BalancerStopped, Cost, DeadlineExceeded, Lane, Priority, WorkerDied
 from mlplat.compute.tasks import deterministic_work, die, noop, sleep_then
 from mlplat.config import BalancerSettings
 from mlplat.observability.metrics import Metrics

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-MLPLAT = [sys.executable, "-m", "mlplat"]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MLPLAT, *args], capture_output=True, text=True, timeout=120)
+from tests.daemons import MLPLAT, run
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["query"], ["status"], ["bench"], ["bench", "warehouse"],

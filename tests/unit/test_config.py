@@ -181,3 +181,20 @@ def test_an_error_about_a_whole_section_never_prints_its_secrets(monkeypatch: py
         load_settings(api={"tls_cert_file": "/nonexistent/cert.pem"})
     assert "tls_cert_file and tls_key_file go together" in str(refused.value)
     assert leaked_in(str(refused.value)) == []
+
+
+def test_the_kafka_session_timeout_is_a_setting_that_reaches_the_consumers(tmp_path: Path) -> None:
+    """bus.session_timeout_ms (10 s by default) goes to every Kafka consumer; the watchdog's stall must be longer,
+    as a healthy rebalance keeps a member out of its group for up to a session."""
+    from mlplat.backends.bus.kafka import KafkaBus
+    from mlplat.daemon import Daemon
+
+    assert load_settings().bus.session_timeout_ms == 10_000
+    settings = load_settings(bus={"url": "kafka://127.0.0.1:9", "session_timeout_ms": 3000},
+                             warehouse={"url": f"duckdb://{tmp_path / 'w.duckdb'}"})
+    bus = Daemon(settings).bus
+    assert isinstance(bus, KafkaBus) and bus._consumer_options()["session_timeout_ms"] == 3000
+    with pytest.raises(ConfigError, match=r"^config: bus: consumer_stall_s must be longer than session_timeout_ms"):
+        load_settings(bus={"consumer_stall_s": 5, "session_timeout_ms": 6000})
+    with pytest.raises(ConfigError, match=r"bus\.session_timeout_ms = 10"):
+        load_settings(bus={"session_timeout_ms": 10})

@@ -26,7 +26,7 @@ from mlplat.cli.client import _print_table, _query_json
 from mlplat.config import WarehouseSettings
 from mlplat.errors import QueryRejected
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 # (SQL expression, the column's JSON in `mlplat query --json`, its table cell, the column type)
 TYPES: list[tuple[str, str, str, str]] = [

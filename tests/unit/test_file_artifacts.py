@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mlplat.backends.artifacts import ArtifactInfo
-from mlplat.backends.artifacts.file import FileArtifactStore, InvalidArtifactKey
-from mlplat.errors import BackendUnavailable, ConfigError
+from mlplat.backends.artifacts import ArtifactInfo, InvalidArtifactKey
+from mlplat.backends.artifacts.file import FileArtifactStore
+from mlplat.errors import BackendError, BackendUnavailable, ConfigError
 
 
 async def connected(root: Path) -> FileArtifactStore:
@@ -51,7 +51,7 @@ async def test_a_failed_write_keeps_the_old_artifact_and_leaves_no_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(Exception, match="cannot write 'm/x': No space left on device"):
+    with pytest.raises(BackendError, match="cannot write 'm/x': No space left on device"):
         await store.put("m/x", b"new", metadata={"v": "2"})
     monkeypatch.undo()
     assert await store.get("m/x") == b"old"

@@ -25,13 +25,14 @@ from mlplat.ingest.generator import GeneratorSpec, write_file
 from mlplat.ingest.validation import validate_events
 from mlplat.streaming.definitions import Condition
 from mlplat.warehouse.query_guard import check_query
+from tests.fuzz_cases import INPUT_CASES, RPC_CASES
 
 # thousands of cases per test: bounded by the case count; the limit only catches a hang
 pytestmark = pytest.mark.timeout(600)
 FS = load_catalog(DEMO_FEATURES).feature_sets["user_activity"]
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
 FIELDS = ["event_id", "user_id", "event_time", *(f.name for f in FS.features)]
-CASES = {"events": 2500, "files": 1200, "queries": 2000, "names": 1500, "conditions": 1500}
+CASES = INPUT_CASES
 GUARD_CONNECTION = duckdb.connect(":memory:")  # the guard only parses: one connection serves every case
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -203,8 +204,6 @@ def test_an_action_condition_is_parsed_never_evaluated_as_code(text: str) -> Non
 
 
 def test_the_generated_cases_add_up_to_more_than_ten_thousand() -> None:
-    """The counts above (and the RPC fuzzing's) are what CI runs: keep them honest."""
-    from tests.e2e.test_fuzz_rpc import RPC_CASES
-
-    assert sum(CASES.values()) + RPC_CASES >= 10_000
+    """The counts in tests/fuzz_cases.py (these and the RPC fuzzing's) are what CI runs: keep them honest."""
+    assert sum(INPUT_CASES.values()) + sum(RPC_CASES.values()) >= 10_000
 

@@ -9,7 +9,7 @@ import pytest
 from mlplat.config import WarehouseSettings
 from mlplat.errors import QueryForbidden, QueryRejected
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import Warehouse
+from mlplat.warehouse.store import Warehouse
 
 
 @pytest.fixture

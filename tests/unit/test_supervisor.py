@@ -120,11 +120,10 @@ async def test_a_crash_loop_fails_readyz_over_http() -> None:
     """What an orchestrator sees: /readyz answers 503 naming the crash-looping service, /healthz stays 200."""
     import aiohttp
 
-    from mlplat.config import ApiSettings
     from mlplat.observability.http import HttpServer
 
     metrics, readiness = Metrics(), Readiness()
-    http = HttpServer(ApiSettings(http_port=0), metrics, readiness)
+    http = HttpServer("127.0.0.1", 0, metrics, readiness)
     doomed = Recorder("doomed", [], crashes=1000)
     sup = Supervisor([http, doomed], FAST, metrics, readiness)
     await sup.start()

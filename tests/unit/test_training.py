@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlplat.automation.training import ESTIMATORS, TrainingError, clean, fit_and_evaluate, split
+from mlplat.automation.fitting import ESTIMATORS, TrainingError, clean, fit_and_evaluate, split
 from mlplat.monitoring.performance import task_of
 from mlplat.serving.flavours import load_model
 
@@ -40,7 +40,7 @@ def test_every_estimator_trains_and_the_same_seed_gives_the_same_model(estimator
 
 def test_production_is_scored_on_the_same_holdout_through_its_own_inputs() -> None:
     """The incumbent may take its inputs in another order: it is scored through its own column mapping."""
-    from mlplat.automation.training import Incumbent, evaluate_incumbent
+    from mlplat.automation.fitting import Incumbent, evaluate_incumbent
 
     x, y = data()
     old = fit_and_evaluate("decision_tree", {"max_depth": 2}, x[:, [1, 0, 2, 3]], y, holdout=0.25, seed=7,

@@ -13,8 +13,9 @@ import pytest
 from mlplat.config import WarehouseSettings
 from mlplat.errors import Overloaded, WarehouseError
 from mlplat.observability.metrics import Metrics
-from mlplat.warehouse import ArrowWrite, SqlWrite, Warehouse
 from mlplat.warehouse.schema import MIGRATIONS, Migration, current_version, migrate
+from mlplat.warehouse.store import Warehouse
+from mlplat.warehouse.writer import ArrowWrite, SqlWrite
 
 EVENTS = Migration(
     100, "events", "CREATE TABLE events (event_id BIGINT PRIMARY KEY, entity VARCHAR, value DOUBLE)"

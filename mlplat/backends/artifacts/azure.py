@@ -21,8 +21,8 @@ import aiohttp
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
-from mlplat.backends.artifacts import ArtifactInfo
-from mlplat.backends.artifacts.file import (
+from mlplat.backends.artifacts import (
+    ArtifactInfo,
     encode_metadata_value,
     is_valid_key,
     validate_key,

@@ -7,8 +7,7 @@ record the same way. A crash therefore leaves either the old or the new bytes, n
 record describing other bytes (writers of one key also take turns); a blob without a record whose size
 matches is described from its own bytes.
 
-The key and metadata rules at the top are shared with azure.py, so both stores accept exactly the same
-input and code developed against file:// does not break on azure://.
+The key and metadata rules are the package's (mlplat.backends.artifacts), shared with azure.py.
 """
 
 from __future__ import annotations
@@ -19,15 +18,19 @@ import errno
 import hashlib
 import json
 import os
-import re
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
-from mlplat.backends.artifacts import ArtifactInfo
+from mlplat.backends.artifacts import (
+    ArtifactInfo,
+    InvalidArtifactKey,
+    is_valid_key,
+    validate_key,
+    validate_metadata,
+)
 from mlplat.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from mlplat.observability.logging import get_logger
 
@@ -36,108 +39,7 @@ T = TypeVar("T")
 
 META_DIR = ".meta"
 TMP_PREFIX = ".tmp-"
-MAX_KEY_CHARS = 1024  # Azure's limit on blob names
-MAX_SEGMENT_BYTES = 250  # file systems allow 255 per name; the record adds ".json"
-METADATA_MAX_BYTES = 8 * 1024  # Azure's limit on a blob's metadata names + values, applied everywhere
-RESERVED_METADATA_PREFIX = "mlplat_"  # the stores' own entries (the sha256 on Azure)
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# printable ASCII travels in an HTTP header as is; '%' is the escape character itself
-_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%")
 _DIR_ATTEMPTS = 5
-
-
-class InvalidArtifactKey(ValueError):
-    """A key no store accepts; the message names the key and says why."""
-
-
-class InvalidArtifactMetadata(ValueError):
-    """Metadata no store accepts; the message names the entry and says why."""
-
-
-def validate_key(key: str) -> str:
-    """Keys are '/'-separated relative paths that can never escape the root or reach its bookkeeping."""
-    problem = None
-    if not isinstance(key, str) or not key:
-        problem = "is empty"
-    elif "\\" in key:
-        problem = "contains a backslash (use '/' between segments)"
-    elif _CONTROL.search(key):
-        problem = "contains NUL or another control character"
-    elif key.startswith("/"):
-        problem = "is absolute (keys are relative paths)"
-    elif len(key) > MAX_KEY_CHARS:
-        problem = f"is longer than {MAX_KEY_CHARS} characters"
-    else:
-        for segment in key.split("/"):
-            if not segment:
-                problem = "has an empty segment ('//' or a trailing '/')"
-            elif segment in (".", ".."):
-                problem = f"has a {segment!r} segment"
-            elif segment.startswith("."):
-                problem = f"has a segment starting with a dot ({segment!r}), reserved for the store's files"
-            elif len(segment.encode()) > MAX_SEGMENT_BYTES:
-                problem = f"has a segment longer than {MAX_SEGMENT_BYTES} bytes"
-            if problem:
-                break
-    if problem:
-        raise InvalidArtifactKey(f"invalid artifact key {key!r}: it {problem}")
-    return key
-
-
-def is_valid_key(key: str) -> bool:
-    try:
-        validate_key(key)
-    except InvalidArtifactKey:
-        return False
-    return True
-
-
-def encode_metadata_value(value: str) -> str:
-    """Percent-encode what an HTTP header cannot carry verbatim: non-ASCII, controls, '%', outer spaces."""
-    encoded = quote(value, safe=_HEADER_SAFE)
-    core = encoded.strip(" ")
-    if not core:
-        return "%20" * len(encoded)
-    lead = len(encoded) - len(encoded.lstrip(" "))
-    trail = len(encoded) - len(encoded.rstrip(" "))
-    return "%20" * lead + core + "%20" * trail
-
-
-def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    """Azure's metadata rules, applied on every backend: C# identifier names, unique ignoring case, 8 KiB."""
-    result = dict(metadata or {})
-    seen: dict[str, str] = {}
-    size = 0
-    for name, value in result.items():
-        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-            raise InvalidArtifactMetadata(
-                f"artifact metadata name {name!r}: names must be identifiers (ASCII letters, digits and _, "
-                "not starting with a digit), because Azure Blob metadata names are C# identifiers"
-            )
-        if name.lower().startswith(RESERVED_METADATA_PREFIX):
-            raise InvalidArtifactMetadata(
-                f"artifact metadata name {name!r}: the prefix {RESERVED_METADATA_PREFIX!r} is reserved "
-                "for the store's own entries"
-            )
-        if name.lower() in seen:
-            raise InvalidArtifactMetadata(
-                f"artifact metadata names {seen[name.lower()]!r} and {name!r} differ only in case, "
-                "and Azure Blob metadata names are case-insensitive"
-            )
-        if not isinstance(value, str):
-            raise InvalidArtifactMetadata(
-                f"artifact metadata {name!r}: the value must be a str, not {type(value).__name__}"
-            )
-        seen[name.lower()] = name
-        size += len(name) + len(encode_metadata_value(value))
-    if size > METADATA_MAX_BYTES - 128:  # room for the store's own sha256 entry
-        raise InvalidArtifactMetadata(
-            f"artifact metadata is {size} bytes once encoded; "
-            f"at most {METADATA_MAX_BYTES - 128} fit beside the store's own entries"
-        )
-    return result
 
 
 def _root_of(url: str) -> Path:

@@ -162,17 +162,19 @@ async def rewind(consumer: BusConsumer, owner: str) -> None:
 
 
 def open_bus(url: str, *, tls: TlsFiles | None = None, sasl: SaslLogin | None = None,
-             consumer_stall_s: float | None = None, metrics: Metrics | None = None) -> EventBus:
+             consumer_stall_s: float | None = None, session_timeout_ms: int | None = None,
+             metrics: Metrics | None = None) -> EventBus:
     """Build (not connect) the bus for a URL; the scheme picks the implementation. tls and sasl: Kafka's
-    connection security (see BusSettings.security); consumer_stall_s and metrics: Kafka's consumer watchdog."""
+    connection security (see BusSettings.security); consumer_stall_s and metrics: Kafka's consumer watchdog;
+    session_timeout_ms: how long a silent Kafka consumer keeps its group membership."""
     scheme = scheme_of(url)
     if scheme == "memory":
         from mlplat.backends.bus.memory import MemoryBus
 
         return MemoryBus()
     if scheme == "kafka":
-        from mlplat.backends.bus.kafka import DEFAULT_CONSUMER_STALL_S, KafkaBus
+        from mlplat.backends.bus.kafka import DEFAULT_CONSUMER_STALL_S, DEFAULT_SESSION_TIMEOUT_MS, KafkaBus
 
         return KafkaBus(url, tls=tls, sasl=sasl, consumer_stall_s=consumer_stall_s or DEFAULT_CONSUMER_STALL_S,
-                        metrics=metrics)
+                        session_timeout_ms=session_timeout_ms or DEFAULT_SESSION_TIMEOUT_MS, metrics=metrics)
     raise ConfigError(f"bus.url = {redact_url(url)!r}: unknown scheme {scheme!r} (expected {', '.join(SCHEMES)})")
