@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from mlplat.backends.bus import kafka
 from mlplat.backends.security import SaslLogin, TlsFiles
 from mlplat.config import load_settings
-from mlplat.errors import ConfigError
+from mlplat.errors import BackendError, ConfigError
 from tests.daemons import MLPLAT
 from tests.secrets import KAFKA_SASL_PASSWORD, REDIS_PASSWORD
 
@@ -193,3 +193,23 @@ async def test_every_kafka_client_gets_the_tls_and_sasl_settings(
         assert (core._sasl_mechanism, core._sasl_plain_username, core._sasl_plain_password) == (
             "SCRAM-SHA-512", "alice", KAFKA_SASL_PASSWORD)
     assert KAFKA_SASL_PASSWORD not in repr(bus) + repr(login)
+
+
+async def test_a_reset_from_a_tls_server_when_no_client_certificate_is_set_is_a_refusal() -> None:
+    """TLS 1.3: a server wanting a client certificate may reset the connection instead of sending its alert
+    in time. Without a certificate set, that is named as such and stops start-up, rather than waited for."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from mlplat.backends.hotstore.redis import RedisHotStore
+
+    async def reset() -> None:
+        raise RedisConnectionError("Error while reading from 127.0.0.1:6380 : (104, 'Connection reset by peer')")
+
+    store = RedisHotStore("rediss://127.0.0.1:6380/0")
+    store._client.ping = reset  # type: ignore[method-assign,assignment]
+    try:
+        with pytest.raises(BackendError) as err:
+            await store.connect()
+    finally:
+        await store.aclose()
+    assert type(err.value) is BackendError and "wants a client certificate" in str(err.value)

@@ -110,6 +110,8 @@ class RedisHotStore:
             options["username"] = username or unquote(parts.username or "") or None
             options["password"] = password or unquote(parts.password or "") or None
             url = _without_userinfo(url)
+        # TLS 1.3: a server wanting a client certificate may just reset the connection after the handshake
+        self._no_client_cert = urlsplit(url).scheme == "rediss" and (tls is None or tls.cert_file is None)
         if tls is not None:
             if urlsplit(url).scheme != "rediss":
                 raise ConfigError(f"hot_store.url = {self._url!r}: TLS settings need a rediss:// URL")
@@ -145,6 +147,8 @@ class RedisHotStore:
                 reason, self._refused = f"authentication failed{self._as_user}: {self._reason(e)}", True
             elif (tls_error := _tls_error(e)) is not None:  # up, but TLS failed: fix the settings, not the network
                 reason, self._refused = f"TLS handshake failed: {self._reason(e)}{_tls_hint(tls_error)}", True
+            elif self._no_client_cert and _reset(e):
+                reason, self._refused = f"TLS handshake failed: {self._reason(e)}{CLIENT_CERT_HINT}", True
             else:
                 reason = self._reason(e)
             why = f"hot store {self._url} unreachable: {reason}"
@@ -431,12 +435,26 @@ def _tls_error(error: BaseException) -> ssl.SSLError | None:
     return None
 
 
+CLIENT_CERT_HINT = " (the server wants a client certificate: set hot_store.tls_cert_file and tls_key_file)"
+
+
 def _tls_hint(error: ssl.SSLError) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
         return " (check hot_store.tls_ca_file)"
     if "CERTIFICATE_REQUIRED" in (error.reason or ""):
-        return " (the server wants a client certificate: set hot_store.tls_cert_file and tls_key_file)"
+        return CLIENT_CERT_HINT
     return ""
+
+
+def _reset(error: BaseException) -> bool:
+    """The server reset the connection (as a TLS 1.3 server refusing a client without a certificate may,
+    instead of sending its alert in time)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionResetError) or "Connection reset by peer" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _without_userinfo(url: str) -> str:
