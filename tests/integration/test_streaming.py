@@ -243,6 +243,9 @@ WINDOW_INPUTS = (InputFeature("events"), InputFeature("clicks_mean"), InputFeatu
                  InputFeature("session_last"))
 
 
+# alone under xdist: on real Kafka it once saw no window prediction in 60 s while 3 other workers loaded the
+# 2-core machine (cause not found; it passes alone and in parallel runs of the streaming files)
+@pytest.mark.serial
 async def test_window_aggregates_equal_a_reference_computation(stack_factory: Callable[..., Any]) -> None:
     stack: Stack = await stack_factory(WINDOWED)
     await stack.register("windows", logistic_bytes(), WINDOW_INPUTS)
